@@ -1,0 +1,373 @@
+"""Transactions waiting for a block: verified once, bounded, ordered by nonce.
+
+Every transaction arrives here first, from the control API or from gossip, often
+many times over (gossip repeats, peers re-gossip). Signature checks are the
+expensive part, so a transaction's signature is verified exactly once: afterwards
+the mempool knows it by id, and ids it refused recently are remembered too, so a
+peer repeating junk costs a hash, not a verification.
+
+Admission asks the ledger whether the transaction could apply after what is
+already pending from the same signer (`LedgerView.check_tx` with the pending nonce),
+so a client can queue several transactions without waiting for each to commit.
+The pool is bounded in count and bytes; when full it evicts first transactions
+that wait on a nonce gap (they cannot be included until the gap fills), oldest
+first, then the highest nonce of whoever holds the most entries, so one busy or
+hostile signer cannot push everyone else out. Entries also expire by age.
+
+After a block commits, `block_committed` removes what it included and rechecks the
+rest of the touched signers against the new state, dropping what the block made
+invalid; what remains is offered for re-gossip (`due_for_gossip`), because nothing
+may depend on a single gossip message arriving.
+
+This is plain synchronous data: the driver calls it from the trio loop.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from protocol.crypto import sha256
+from protocol.transactions import MAX_TX_BYTES, Transaction, TxError, decode_tx
+
+DEFAULT_MAX_TXS = 20_000
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_PER_SIGNER = 5_000
+DEFAULT_MAX_NONCE_GAP = 1_000
+DEFAULT_MAX_AGE = 600.0
+"""Seconds a transaction may wait before it is dropped (its author may resubmit)."""
+REMEMBERED_IDS = 50_000
+"""Ids of refused and committed transactions remembered, so repeats cost no verification."""
+
+
+class LedgerView(Protocol):
+    """What admission needs from the ledger's committed state."""
+
+    def account_nonce(self, account: bytes) -> int:
+        """The last nonce of `account` in a committed transaction (0 if none)."""
+        ...
+
+    def check_tx(self, tx: Transaction, pending_nonce: int) -> str | None:
+        """Why `tx` could not apply after this signer's pending nonce, or None if it could.
+
+        `pending_nonce` is the highest nonce of the signer among committed and pending
+        transactions that `tx` would follow. The signature is already verified.
+        """
+        ...
+
+
+@dataclass(slots=True)
+class Entry:
+    tx: Transaction
+    size: int
+    added: float
+    seq: int
+    source: str
+    gossiped: float = field(default=-1e18)
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    """Outcome of `add`. `status` is "added", "known" (already pending) or "rejected"."""
+
+    status: str
+    txid: bytes
+    reason: str | None = None
+    tx: Transaction | None = None
+    evicted: tuple[bytes, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("added", "known")
+
+
+class Mempool:
+    """Pending transactions of one commune (`chain_id`)."""
+
+    def __init__(self, chain_id: bytes, ledger: LedgerView, *,
+                 max_txs: int = DEFAULT_MAX_TXS, max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_per_signer: int = DEFAULT_MAX_PER_SIGNER,
+                 max_nonce_gap: int = DEFAULT_MAX_NONCE_GAP,
+                 max_age: float = DEFAULT_MAX_AGE) -> None:
+        assert max_txs > 0 and max_bytes >= MAX_TX_BYTES and max_per_signer > 0
+        self.chain_id = chain_id
+        self.ledger = ledger
+        self.max_txs = max_txs
+        self.max_bytes = max_bytes
+        self.max_per_signer = max_per_signer
+        self.max_nonce_gap = max_nonce_gap
+        self.max_age = max_age
+        self._by_id: dict[bytes, Entry] = {}
+        self._by_signer: dict[bytes, dict[int, bytes]] = {}
+        self._bytes = 0
+        self._seq = 0
+        self._refused: OrderedDict[bytes, str] = OrderedDict()
+        self._committed: OrderedDict[bytes, None] = OrderedDict()
+
+    # ---- inspection ---------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, txid: object) -> bool:
+        return txid in self._by_id
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def get(self, txid: bytes) -> Transaction | None:
+        e = self._by_id.get(txid)
+        return e.tx if e else None
+
+    def added_at(self, txid: bytes) -> float | None:
+        e = self._by_id.get(txid)
+        return e.added if e else None
+
+    def pending_nonce(self, signer: bytes) -> int:
+        """The nonce a new transaction of `signer` should follow (contiguous pending chain)."""
+        n = self.ledger.account_nonce(signer)
+        chain = self._by_signer.get(signer, {})
+        while n + 1 in chain:
+            n += 1
+        return n
+
+    def refused_reason(self, txid: bytes) -> str | None:
+        return self._refused.get(txid)
+
+    def was_committed(self, txid: bytes) -> bool:
+        return txid in self._committed
+
+    # ---- admission ----------------------------------------------------------------------
+
+    def add(self, raw: bytes, now: float, source: str = "api") -> AddResult:
+        if len(raw) > MAX_TX_BYTES:
+            return AddResult("rejected", sha256(raw[:MAX_TX_BYTES + 1]),
+                             f"transaction is {len(raw)} bytes, over {MAX_TX_BYTES}")
+        txid = sha256(raw)
+        if txid in self._by_id:
+            return AddResult("known", txid, tx=self._by_id[txid].tx)
+        if txid in self._committed:
+            return AddResult("rejected", txid, "already committed")
+        cached = self._refused.get(txid)
+        if cached is not None:
+            return AddResult("rejected", txid, cached)
+        try:
+            tx = decode_tx(raw, self.chain_id)  # the one signature verification
+        except TxError as exc:
+            return self._refuse(txid, str(exc))
+        return self._admit(tx, now, source)
+
+    def _admit(self, tx: Transaction, now: float, source: str) -> AddResult:
+        committed = self.ledger.account_nonce(tx.signer)
+        if tx.nonce <= committed:
+            return self._refuse(tx.id, f"nonce {tx.nonce} already used "
+                                       f"(the account's last nonce is {committed})")
+        chain = self._by_signer.get(tx.signer, {})
+        if tx.nonce in chain:
+            # No replacement: there are no fees to outbid with, and letting a second
+            # transaction with the same nonce in would let gossip order decide.
+            # Not remembered: it may become valid if the pending one is evicted.
+            return AddResult("rejected", tx.id,
+                             f"nonce {tx.nonce} is taken by pending transaction "
+                             f"{chain[tx.nonce].hex()}")
+        if tx.nonce - committed > self.max_nonce_gap:
+            return AddResult("rejected", tx.id,
+                             f"nonce {tx.nonce} is too far ahead of the account's last "
+                             f"nonce {committed}")
+        if len(chain) >= self.max_per_signer:
+            return AddResult("rejected", tx.id,
+                             f"signer already has {len(chain)} pending transactions")
+        # Checked as if every lower nonce were in place: a gapped transaction is held
+        # for its gap to fill, and the block builder rechecks everything in order.
+        reason = self.ledger.check_tx(tx, tx.nonce - 1)
+        if reason is not None:
+            # A state-dependent refusal (balance, window) may change with the next
+            # block, so it is not remembered as final.
+            return AddResult("rejected", tx.id, reason)
+        size = len(tx.raw)
+        evicted = self._make_room(size, tx)
+        if evicted is None:
+            return AddResult("rejected", tx.id, "mempool full")
+        self._seq += 1
+        self._by_id[tx.id] = Entry(tx, size, now, self._seq, source)
+        self._by_signer.setdefault(tx.signer, {})[tx.nonce] = tx.id
+        self._bytes += size
+        return AddResult("added", tx.id, tx=tx, evicted=tuple(evicted))
+
+    def _refuse(self, txid: bytes, reason: str) -> AddResult:
+        self._refused[txid] = reason
+        self._refused.move_to_end(txid)
+        while len(self._refused) > REMEMBERED_IDS:
+            self._refused.popitem(last=False)
+        return AddResult("rejected", txid, reason)
+
+    def _make_room(self, size: int, incoming: Transaction) -> list[bytes] | None:
+        """Evict until `size` more bytes and one more entry fit; None if `incoming` loses."""
+        evicted: list[bytes] = []
+        while len(self._by_id) + 1 > self.max_txs or self._bytes + size > self.max_bytes:
+            victim = self._victim(incoming)
+            if victim is None:
+                return None
+            self._remove(victim)
+            evicted.append(victim)
+        return evicted
+
+    def _victim(self, incoming: Transaction) -> bytes | None:
+        gapped = self._gapped()
+        if gapped:
+            return min(gapped, key=lambda i: self._by_id[i].seq)
+        if incoming.nonce > self.pending_nonce(incoming.signer) + 1:
+            return None  # the newcomer is itself gapped: it goes, not a ready one
+        # The highest nonce of the signer holding the most entries (the newcomer counted).
+        def load(s: bytes) -> int:
+            return len(self._by_signer[s]) + (1 if s == incoming.signer else 0)
+        signer = max(self._by_signer, key=lambda s: (load(s), -min(
+            self._by_id[i].seq for i in self._by_signer[s].values())))
+        if signer == incoming.signer and incoming.nonce > max(self._by_signer[signer]):
+            return None
+        chain = self._by_signer[signer]
+        return chain[max(chain)]
+
+    def _gapped(self) -> list[bytes]:
+        out: list[bytes] = []
+        for signer, chain in self._by_signer.items():
+            ready = self.pending_nonce(signer)
+            out.extend(txid for n, txid in chain.items() if n > ready)
+        return out
+
+    def _remove(self, txid: bytes) -> Entry:
+        e = self._by_id.pop(txid)
+        chain = self._by_signer[e.tx.signer]
+        del chain[e.tx.nonce]
+        if not chain:
+            del self._by_signer[e.tx.signer]
+        self._bytes -= e.size
+        return e
+
+    # ---- block building -----------------------------------------------------------------
+
+    def reap(self, max_txs: int, max_bytes: int) -> list[Transaction]:
+        """Ready transactions for a block: each signer's in nonce order, signers by arrival.
+
+        Only contiguous chains from each account's committed nonce are ready; the
+        ledger's block builder still checks each against the state as it goes.
+        """
+        heap: list[tuple[int, bytes, int]] = []
+        for signer, chain in self._by_signer.items():
+            n = self.ledger.account_nonce(signer) + 1
+            if n in chain:
+                heapq.heappush(heap, (self._by_id[chain[n]].seq, signer, n))
+        out: list[Transaction] = []
+        total = 0
+        while heap and len(out) < max_txs:
+            _, signer, n = heapq.heappop(heap)
+            e = self._by_id[self._by_signer[signer][n]]
+            if total + e.size > max_bytes:
+                continue  # this signer's chain stops here; others may still fit
+            out.append(e.tx)
+            total += e.size
+            nxt = self._by_signer[signer].get(n + 1)
+            if nxt is not None:
+                heapq.heappush(heap, (self._by_id[nxt].seq, signer, n + 1))
+        return out
+
+    def drop(self, txids: Iterable[bytes], reason: str) -> list[bytes]:
+        """Remove transactions the ledger refused while building a block; remember why."""
+        dropped = []
+        for txid in txids:
+            if txid in self._by_id:
+                self._remove(txid)
+                dropped.append(txid)
+            self._refuse(txid, reason)
+        return dropped
+
+    # ---- after a commit -----------------------------------------------------------------
+
+    def block_committed(self, txs: Iterable[Transaction],
+                        recheck_all: bool = False) -> dict[bytes, str]:
+        """Forget included transactions and drop what the block made invalid.
+
+        Rechecks the signers the block touched (or everyone, with `recheck_all`, which
+        the driver uses after period closes and periodically). Returns the dropped ids
+        with the reason.
+        """
+        touched: set[bytes] = set()
+        for tx in txs:
+            touched.add(tx.signer)
+            self._committed[tx.id] = None
+            self._committed.move_to_end(tx.id)
+            if tx.id in self._by_id:
+                self._remove(tx.id)
+        while len(self._committed) > REMEMBERED_IDS:
+            self._committed.popitem(last=False)
+        signers = list(self._by_signer) if recheck_all else [
+            s for s in touched if s in self._by_signer]
+        dropped: dict[bytes, str] = {}
+        for signer in signers:
+            dropped.update(self._recheck_signer(signer))
+        return dropped
+
+    def _recheck_signer(self, signer: bytes) -> dict[bytes, str]:
+        dropped: dict[bytes, str] = {}
+        committed = self.ledger.account_nonce(signer)
+        chain = self._by_signer.get(signer, {})
+        for n in sorted(chain):
+            txid = chain[n]
+            if n <= committed:
+                self._remove(txid)
+                dropped[txid] = f"nonce {n} was used by another committed transaction"
+                self._refuse(txid, dropped[txid])
+        pending = committed
+        chain = self._by_signer.get(signer, {})
+        for n in sorted(chain):
+            if n != pending + 1:
+                break  # gapped entries are checked once the gap fills
+            txid = chain[n]
+            reason = self.ledger.check_tx(self._by_id[txid].tx, pending)
+            if reason is not None:
+                # Its successors cannot apply without it: they wait on a gap now and
+                # will be evicted first or expire.
+                self._remove(txid)
+                dropped[txid] = reason
+                break
+            pending = n
+        return dropped
+
+    def expire(self, now: float) -> list[bytes]:
+        """Drop entries older than `max_age`."""
+        old = [txid for txid, e in self._by_id.items() if now - e.added > self.max_age]
+        for txid in old:
+            self._remove(txid)
+        return old
+
+    def due_for_gossip(self, now: float, interval: float, limit: int = 1000) -> list[bytes]:
+        """Raw bytes of entries not gossiped for `interval` seconds (oldest first); marks them."""
+        due = [e for e in self._by_id.values() if now - e.gossiped >= interval]
+        due.sort(key=lambda e: e.seq)
+        out = []
+        for e in due[:limit]:
+            e.gossiped = now
+            out.append(e.tx.raw)
+        return out
+
+    def mark_gossiped(self, txid: bytes, now: float) -> None:
+        e = self._by_id.get(txid)
+        if e is not None:
+            e.gossiped = now
+
+    def check_invariants(self) -> None:
+        """For tests: the indexes agree and the byte count is exact."""
+        assert self._bytes == sum(e.size for e in self._by_id.values())
+        assert len(self._by_id) <= self.max_txs and self._bytes <= self.max_bytes
+        n = 0
+        for signer, chain in self._by_signer.items():
+            assert chain, "empty chain kept"
+            for nonce, txid in chain.items():
+                e = self._by_id[txid]
+                assert e.tx.signer == signer and e.tx.nonce == nonce
+                n += 1
+        assert n == len(self._by_id)

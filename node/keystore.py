@@ -342,18 +342,24 @@ def _prompt(text: str) -> str:
 
 
 def get_passphrase(passphrase_file: Path | None = None, *, confirm: bool = False,
+                   configured_file: Path | None = None,
                    environ: Mapping[str, str] | None = None,
                    prompt: Callable[[str], str] | None = None) -> str:
-    """The passphrase from, in order: `passphrase_file`, $COMMUNE_PASSPHRASE, the terminal.
+    """The passphrase from, in order: `passphrase_file` (a command-line flag),
+    $COMMUNE_PASSPHRASE, `configured_file` (the config's `[keys] passphrase_file`),
+    then the terminal.
 
-    With `confirm` (key creation) the terminal asks twice. Without any source and no
-    terminal, the error says how to provide one instead of hanging.
+    An explicit flag or variable beats the config file, so a one-off run can override
+    it. With `confirm` (key creation) the terminal asks twice. Without any source and
+    no terminal, the error says how to provide one instead of hanging.
     """
     if passphrase_file is not None:
         return read_passphrase_file(passphrase_file)
     env = os.environ if environ is None else environ
     if env.get(PASSPHRASE_ENV):
         return env[PASSPHRASE_ENV]
+    if configured_file is not None:
+        return read_passphrase_file(configured_file)
     if prompt is None:
         if not _has_terminal():
             raise KeystoreError(

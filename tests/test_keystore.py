@@ -328,7 +328,15 @@ def test_passphrase_sources_in_order(tmp_path: Path) -> None:
     f = tmp_path / "pw"
     f.write_text("from-file\n")
     env = {PASSPHRASE_ENV: "from-env"}
+    configured = tmp_path / "configured"
+    configured.write_text("from-config\n")
     assert get_passphrase(f, environ=env, prompt=_no_prompt) == "from-file"
+    assert get_passphrase(f, configured_file=configured, environ=env,
+                          prompt=_no_prompt) == "from-file"
+    assert get_passphrase(None, configured_file=configured, environ=env,
+                          prompt=_no_prompt) == "from-env"
+    assert get_passphrase(None, configured_file=configured, environ={},
+                          prompt=_no_prompt) == "from-config"
     assert get_passphrase(None, environ=env, prompt=_no_prompt) == "from-env"
     assert get_passphrase(None, environ={}, prompt=lambda _: "typed") == "typed"
 

@@ -1,0 +1,907 @@
+"""The member daemon's transport: one py-libp2p host (TCP, Noise, Yamux) per member.
+
+`Network` gives the consensus engine, the mempool and block sync three things:
+gossip topics guarded by validators, request/response protocols, and a set of
+connected peers that heals itself (bootstrap, peer exchange, reconnect with
+backoff, bans for misbehaviour). Nothing above it may rely on one gossip
+message arriving: gossip is the fast path, request/response the reliable one.
+
+Findings about py-libp2p 0.8.1 (measured on loopback; see tests/test_net.py):
+
+- Bursts drop silently at three places, all sized for the public IPFS swarm:
+  per-peer outbound RPC queues of 32 (`rpc_queue.OutBoundQueueSize`, built in
+  `Pubsub._handle_new_peer` with no constructor knob), per-topic subscription
+  channels of 32 (`pubsub.SUBSCRIPTION_CHANNEL_SIZE`, full -> dropped), and a
+  GossipSub "spam protection" of 10 messages per topic per second per
+  *forwarder*, which also counts this node's own publishes, so a node that
+  publishes 200 messages at once forwards about 10 of them. With the library
+  defaults a 200-message burst reaches a neighbour 10-40 times out of 200.
+  Tuned here: the rate limit through GossipSub's constructor, the inbound RPC
+  size through Pubsub's; the outbound queue by resizing each queue as Pubsub
+  registers it (`_TunedQueues`), the subscription channel by overriding
+  `Pubsub.notify_subscriptions` to feed our own bounded channels. No module
+  globals are patched.
+- Max message size: 1 MiB both ways by default (`DefaultMaxMessageSize`); a
+  larger publish is dropped without error. Raised to `max_message_size`.
+  Any length-prefixed frame above ~6.3 MiB fails (see `MAX_FRAME`), and an
+  empty request/response frame hangs the reader; both are guarded here.
+- `Swarm` keeps a 60 s negative cache of peers whose dial failed: a peer that
+  was down when we redialled it is then refused for a minute after it is back.
+  We clear that entry (`Swarm.unblock_peer`) before each of our own attempts.
+- The swarm's auto-connector dials any peer in the peerstore (banned ones too)
+  on its own slow schedule and logs at INFO every 30 s; it is stopped, and our
+  dialer owns reconnection. `new_host` offers TLS, secio and plaintext next to
+  Noise and takes no `RetryConfig`, so the host is assembled from `new_swarm`.
+- Pubsub seqnos start at `int(time.time())` and count up; a node that published
+  more than one message per second and restarts reuses seqnos, and peers drop
+  its new messages as already seen (and as equivocation). Seqnos start at
+  `time.time_ns()` here.
+- GossipSub >= 1.2 sends an IDONTWANT control RPC per message per mesh peer,
+  doubling queue pressure under bursts; we speak /meshsub/1.1.0 only. Adaptive
+  gossip can stretch the heartbeat to 30-60 s; it is off. The default heartbeat
+  is 120 s (go uses 1 s); ours is 1 s.
+- A message is delivered to local subscribers before it is forwarded; its
+  order relative to others is not preserved (each inbound message is handled
+  in its own task). GossipSub keeps every validated message of the last
+  ~1000 in `equivocation_detection`; we trim it every second.
+- Validators run on this node's own publishes too; a validator that raises
+  would crash the pubsub task, so ours are wrapped and a raise is a reject.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.ed25519 import Ed25519PublicKey, create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.host.basic_host import BasicHost
+from libp2p.network.config import ConnectionConfig, RetryConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.rpc_queue import RpcQueue
+from libp2p.rcmgr.connection_limits import ConnectionLimits
+from libp2p.rcmgr.manager import ResourceLimits, new_resource_manager
+from libp2p.request_response import (
+    BytesCodec,
+    MessageTooLargeError,
+    ProtocolNotSupportedError,
+    RequestContext,
+    RequestResponse,
+    RequestResponseConfig,
+    RequestResponseError,
+    RequestTimeoutError,
+)
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+
+from node.net_peers import PeerBook
+from protocol.encoding import DecodeError, decode, encode
+
+log = logging.getLogger("node.net")
+
+MiB = 1024 * 1024
+# py-libp2p reads a length-prefixed frame with `read_exactly`, which gives up
+# after 101 reads of what the stream has buffered (a Yamux frame, <= 64 KiB):
+# frames above ~6.3 MiB fail as "incomplete" on a healthy connection. Larger
+# payloads must be paged by the caller (block sync asks for byte-bounded ranges).
+MAX_FRAME = 6 * MiB
+# Room for the pubsub envelope around a payload: protobuf framing, topic, seqno,
+# the sender's key and signature, and the signed peer record of the RPC.
+RPC_OVERHEAD = 64 * 1024
+PEER_EXCHANGE_PROTOCOL = "/venture-commune/peers/1.0.0"
+MAX_PEER_EXCHANGE_REPLY = 256 * 1024
+
+
+@dataclass(frozen=True)
+class NetLimits:
+    """Every bound of the transport in one place; the defaults suit up to ~20 members."""
+
+    max_message_size: int = 4 * MiB + 256 * 1024  # a full block with its certificate
+    max_request_size: int = 1 * MiB
+    max_response_size: int = 5 * MiB  # one block with its certificate, or a page of smaller ones
+    outbound_queue: int = 4096  # gossip RPCs waiting to be written, per peer
+    subscription_queue: int = 8192  # delivered messages not yet consumed, per topic
+    max_messages_per_topic_per_second: float = 2000.0  # per forwarding peer
+    max_concurrent_requests_per_peer: int = 8  # each way
+    max_concurrent_inbound_per_protocol: int = 64
+    handler_timeout: float = 30.0  # an inbound request, from first byte to reply
+    max_peers: int = 64
+    dial_timeout: float = 5.0
+    max_concurrent_dials: int = 8
+    backoff_initial: float = 0.25
+    backoff_max: float = 30.0
+    max_failures_discovered: int = 10
+    invalid_message_penalty: float = 1.0
+    ban_threshold: float = 20.0
+    ban_seconds: float = 600.0
+    score_decay_per_second: float = 0.05
+    peer_exchange_interval: float = 10.0
+    gossip_degree: int = 6
+    gossip_degree_low: int = 4
+    gossip_degree_high: int = 12
+
+    def __post_init__(self) -> None:
+        for name in ("max_message_size", "max_request_size", "max_response_size"):
+            size = getattr(self, name)
+            if not 0 < size <= MAX_FRAME - RPC_OVERHEAD:
+                raise ValueError(f"{name}={size}: frames are limited to {MAX_FRAME - RPC_OVERHEAD}")
+        for name, value in vars(self).items():
+            if isinstance(value, (int, float)) and value <= 0:
+                raise ValueError(f"{name} must be positive")
+        if not self.gossip_degree_low <= self.gossip_degree <= self.gossip_degree_high:
+            raise ValueError("gossip degrees must satisfy low <= degree <= high")
+
+    @classmethod
+    def py_libp2p_defaults(cls) -> NetLimits:
+        """The library's own gossip limits, kept to measure what tuning buys."""
+        return cls(
+            max_message_size=1 * MiB - RPC_OVERHEAD,
+            outbound_queue=32,
+            subscription_queue=32,
+            max_messages_per_topic_per_second=10.0,
+        )
+
+
+class NetworkError(Exception):
+    """A request or publish that could not be carried out; `reason` says why.
+
+    Reasons: "closed" (network not running), "unreachable" (no connection could
+    be made), "reset" (the stream failed midway, e.g. the handler failed or the
+    peer left), "timeout", "too_large", "unsupported" (peer does not speak the
+    protocol), "banned", "bad_peer_id", "unknown_topic".
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    peer_id: str
+    addrs: tuple[str, ...]
+    score: float
+
+
+Validator = Callable[[str, bytes], bool]
+RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
+
+
+def peer_id_from_public_key(public_key: bytes) -> str:
+    """The libp2p peer id (base58) of a member whose Ed25519 public key is given."""
+    if len(public_key) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    return ID.from_pubkey(Ed25519PublicKey.from_bytes(bytes(public_key))).to_base58()
+
+
+def public_key_from_peer_id(peer_id: str) -> bytes:
+    """Inverse of `peer_id_from_public_key`; ValueError for anything but an Ed25519 peer id."""
+    try:
+        key = ID.from_base58(peer_id).extract_public_key()
+    except ValueError as error:
+        raise ValueError(f"{peer_id!r} is not a peer id") from error
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"{peer_id!r} does not embed an Ed25519 key")
+    return key.to_bytes()
+
+
+def split_p2p_addr(addr: str) -> tuple[str, str]:
+    """'/ip4/../tcp/../p2p/<id>' -> (peer id, transport address without /p2p)."""
+    try:
+        maddr = multiaddr.Multiaddr(addr)
+        peer_id = maddr.value_for_protocol("p2p")
+    except Exception as error:
+        raise ValueError(f"{addr!r} is not a multiaddr with /p2p/<peer id>") from error
+    if not peer_id:
+        raise ValueError(f"{addr!r} has no /p2p/<peer id>")
+    ID.from_base58(str(peer_id))
+    transport = str(maddr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer_id}")))
+    return str(peer_id), transport
+
+
+class _TunedQueues(dict[ID, RpcQueue]):
+    """Pubsub's per-peer outbound queues, resized as Pubsub registers each one.
+
+    Pubsub builds `RpcQueue()` with its module defaults (32 RPCs, 1 MiB) and no
+    parameter reaches it; this mapping adjusts each queue on insertion, before
+    anything is queued on it.
+    """
+
+    def __init__(self, max_rpcs: int, max_rpc_size: int) -> None:
+        super().__init__()
+        self._max_rpcs = max_rpcs
+        self._max_rpc_size = max_rpc_size
+
+    def __setitem__(self, peer_id: ID, queue: RpcQueue) -> None:
+        queue.max_message_size = self._max_rpc_size
+        queue._queue.max_size = self._max_rpcs
+        super().__setitem__(peer_id, queue)
+
+
+class _Pubsub(Pubsub):
+    """Pubsub that hands delivered messages to `deliver` instead of 32-slot channels."""
+
+    def __init__(
+        self,
+        host: Any,
+        router: GossipSub,
+        *,
+        deliver: Callable[[rpc_pb2.Message], None],
+        outbound_queue: int,
+        max_rpc_size: int,
+    ) -> None:
+        super().__init__(host, router, strict_signing=True, max_inbound_rpc_size=max_rpc_size)
+        self.peer_queues = _TunedQueues(outbound_queue, max_rpc_size)
+        self.counter = time.time_ns()  # seqnos never repeat across restarts
+        self._deliver = deliver
+
+    def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
+        self._deliver(publish_message)
+
+
+class _Notifee(INotifee):
+    def __init__(self, net: Network) -> None:
+        self._net = net
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._net._on_connected(conn.muxed_conn.peer_id.to_base58())
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._net._on_disconnected(conn.muxed_conn.peer_id.to_base58())
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+class _FramedCodec(BytesCodec):
+    """Prefixes every request and reply with one marker byte.
+
+    py-libp2p's framing hangs on an empty frame (`read_exactly(stream, 0)` waits
+    for data that never comes), so no frame we send may be empty.
+    """
+
+    def encode_request(self, request: bytes) -> bytes:
+        return FRAME_MARKER + bytes(request)
+
+    def decode_request(self, payload: bytes) -> bytes:
+        return _unframe(payload)
+
+    def encode_response(self, response: bytes) -> bytes:
+        return FRAME_MARKER + bytes(response)
+
+    def decode_response(self, payload: bytes) -> bytes:
+        return _unframe(payload)
+
+
+FRAME_MARKER = b"\x00"
+
+
+def _unframe(payload: bytes) -> bytes:
+    if payload[:1] != FRAME_MARKER:
+        raise ValueError("frame without marker")
+    return bytes(payload[1:])
+
+
+class _Refused(RequestResponseError):
+    """Raised inside an inbound handler to reset the stream without a traceback."""
+
+
+class Network:
+    """One libp2p host for one member: gossip topics, request/response, peer management.
+
+    Construct, then `await nursery.start(net.run)`; `run` returns only when
+    cancelled, after closing every connection. Subscribe to topics (before or
+    after starting) with `subscribe`; publish with `publish`; call peers with
+    `request`. Messages this node publishes are not delivered back to it.
+    """
+
+    def __init__(
+        self,
+        seed: bytes,
+        listen: Sequence[str],
+        bootstrap: Sequence[str] = (),
+        topics: Sequence[str] = (),
+        validators: Mapping[str, Validator] | None = None,
+        request_handlers: Mapping[str, RequestHandler] | None = None,
+        *,
+        limits: NetLimits | None = None,
+        peer_exchange: bool = True,
+        rng: random.Random | None = None,
+    ) -> None:
+        if len(seed) != 32:
+            raise ValueError("the member seed is 32 bytes")
+        self.limits = limits or NetLimits()
+        self._key_pair = create_new_key_pair(bytes(seed))
+        self._peer_id = ID.from_pubkey(self._key_pair.public_key)
+        self._listen = [multiaddr.Multiaddr(a) for a in listen]
+        self._topics = list(dict.fromkeys(topics))
+        self._validators = dict(validators or {})
+        unknown = set(self._validators) - set(self._topics)
+        if unknown:
+            raise ValueError(f"validators for topics not joined: {sorted(unknown)}")
+        self._handlers = dict(request_handlers or {})
+        if PEER_EXCHANGE_PROTOCOL in self._handlers:
+            raise ValueError(f"{PEER_EXCHANGE_PROTOCOL} is reserved")
+        self._peer_exchange = peer_exchange
+        self._book = PeerBook(
+            max_targets=self.limits.max_peers,
+            backoff_initial=self.limits.backoff_initial,
+            backoff_max=self.limits.backoff_max,
+            ban_threshold=self.limits.ban_threshold,
+            ban_seconds=self.limits.ban_seconds,
+            score_decay_per_second=self.limits.score_decay_per_second,
+            max_failures_discovered=self.limits.max_failures_discovered,
+            rng=rng or random.Random(secrets.randbits(64)),
+        )
+        self._bootstrap: list[tuple[str, str]] = []
+        for addr in bootstrap:
+            peer_id, transport = split_p2p_addr(addr)
+            if peer_id != self.peer_id:
+                self._bootstrap.append((peer_id, transport))
+        self._channels: dict[
+            str,
+            tuple[
+                trio.MemorySendChannel[tuple[str, bytes]],
+                trio.MemoryReceiveChannel[tuple[str, bytes]],
+            ],
+        ] = {
+            t: trio.open_memory_channel[tuple[str, bytes]](self.limits.subscription_queue)
+            for t in self._topics
+        }
+        self._stats: dict[str, int] = dict.fromkeys(
+            (
+                "published",
+                "delivered",
+                "dropped_subscriber_slow",
+                "rejected_invalid",
+                "requests_served",
+                "requests_refused",
+                "dials_failed",
+                "bans",
+            ),
+            0,
+        )
+        self._host: BasicHost | None = None
+        self._pubsub: _Pubsub | None = None
+        self._router: GossipSub | None = None
+        self._rr: RequestResponse | None = None
+        self._nursery: trio.Nursery | None = None
+        self._wake_dialer = trio.Event()
+        self._changed = trio.Event()
+        self._inbound: dict[str, int] = {}
+        self._outbound: dict[str, trio.Semaphore] = {}
+        self._listen_addrs: list[str] = []
+
+    # -- identity and state --
+
+    @property
+    def peer_id(self) -> str:
+        return self._peer_id.to_base58()
+
+    @property
+    def listen_addrs(self) -> list[str]:
+        """Actual listening addresses with /p2p/<peer id>, known once `run` has started."""
+        return list(self._listen_addrs)
+
+    @property
+    def running(self) -> bool:
+        return self._nursery is not None
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._stats)
+
+    def peers(self) -> list[PeerInfo]:
+        """Peers with at least one open connection, sorted by peer id."""
+        if self._host is None:
+            return []
+        now = trio.current_time()
+        out = []
+        for peer_id in sorted(self._connected()):
+            out.append(
+                PeerInfo(peer_id, tuple(self._known_addrs(peer_id)), self._book.score(peer_id, now))
+            )
+        return out
+
+    def banned(self) -> list[str]:
+        return self._book.banned(trio.current_time()) if self.running else []
+
+    def topic_peers(self, topic: str) -> list[str]:
+        """Connected peers known to be subscribed to `topic`."""
+        if self._pubsub is None:
+            return []
+        return sorted(p.to_base58() for p in self._pubsub.peer_topics.get(topic, set()))
+
+    def mesh_peers(self, topic: str) -> list[str]:
+        """Peers this node forwards `topic` messages to directly."""
+        if self._router is None:
+            return []
+        return sorted(p.to_base58() for p in self._router.mesh.get(topic, set()))
+
+    async def wait_for_peers(self, count: int) -> None:
+        """Return once at least `count` peers are connected; callers bound it with a timeout."""
+        while len(self._connected()) < count:
+            await self._changed.wait()
+
+    # -- gossip --
+
+    def subscribe(self, topic: str) -> trio.MemoryReceiveChannel[tuple[str, bytes]]:
+        """(origin peer id, data) of every valid message on `topic`, for one consumer.
+
+        The channel holds `limits.subscription_queue` messages; past that, new
+        messages are dropped and counted in `stats()["dropped_subscriber_slow"]`.
+        """
+        if topic not in self._channels:
+            raise NetworkError("unknown_topic", topic)
+        return self._channels[topic][1]
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Gossip `data` on `topic`; best effort, but never silently oversized or invalid."""
+        if topic not in self._channels:
+            raise NetworkError("unknown_topic", topic)
+        if len(data) > self.limits.max_message_size:
+            raise NetworkError("too_large", f"{len(data)} > {self.limits.max_message_size} bytes")
+        validator = self._validators.get(topic)
+        if validator is not None and not _safe_validate(validator, self.peer_id, data):
+            raise ValueError(f"own message rejected by the {topic!r} validator")
+        if self._pubsub is None:
+            raise NetworkError("closed")
+        await self._pubsub.publish(topic, bytes(data))
+        self._stats["published"] += 1
+
+    # -- request / response --
+
+    async def request(
+        self,
+        peer_id: str,
+        protocol_id: str,
+        data: bytes,
+        timeout: float = 10.0,
+        max_response_size: int | None = None,
+    ) -> bytes:
+        """Send one request on a fresh stream and return the reply; `NetworkError` otherwise.
+
+        Dials the peer if it is not connected and its address is known. At most
+        `limits.max_concurrent_requests_per_peer` requests to one peer run at once;
+        more wait their turn (inside `timeout`).
+        """
+        if self._rr is None:
+            raise NetworkError("closed")
+        try:
+            pid = ID.from_base58(peer_id)
+        except ValueError:
+            raise NetworkError("bad_peer_id", repr(peer_id)) from None
+        if self._book.is_banned(peer_id, trio.current_time()):
+            raise NetworkError("banned", peer_id)
+        if len(data) > self.limits.max_request_size:
+            raise NetworkError("too_large", f"request of {len(data)} bytes")
+        limit = max_response_size or self.limits.max_response_size
+        config = RequestResponseConfig(
+            timeout=timeout,
+            max_request_size=self.limits.max_request_size + len(FRAME_MARKER),
+            max_response_size=min(limit, self.limits.max_response_size) + len(FRAME_MARKER),
+        )
+        was_connected = peer_id in self._connected()
+        semaphore = self._outbound.setdefault(
+            peer_id, trio.Semaphore(self.limits.max_concurrent_requests_per_peer)
+        )
+        try:
+            with trio.fail_after(timeout):
+                async with semaphore:
+                    return await self._rr.send_request(
+                        pid, [TProtocol(protocol_id)], bytes(data), _FramedCodec(), config
+                    )
+        except (trio.TooSlowError, RequestTimeoutError):
+            raise NetworkError("timeout", f"{protocol_id} to {peer_id} after {timeout}s") from None
+        except MessageTooLargeError as error:
+            raise NetworkError("too_large", str(error)) from None
+        except ProtocolNotSupportedError:
+            raise NetworkError("unsupported", f"{peer_id} does not speak {protocol_id}") from None
+        except RequestResponseError as error:
+            reason = "reset" if was_connected or peer_id in self._connected() else "unreachable"
+            raise NetworkError(reason, f"{protocol_id} to {peer_id}: {error}") from None
+
+    # -- peers --
+
+    def add_peer(self, addr: str) -> None:
+        """Keep a connection to the peer at '/.../p2p/<id>' (reconnecting as needed)."""
+        peer_id, transport = split_p2p_addr(addr)
+        if peer_id != self.peer_id:
+            self._book.add_target(peer_id, [transport], persistent=True, now=self._now())
+            self._wake_dialer.set()
+
+    def penalize(self, peer_id: str, reason: str, weight: float = 1.0) -> None:
+        """Count misbehaviour; past `limits.ban_threshold` the peer is cut off and refused."""
+        if peer_id == self.peer_id or not self.running:
+            return
+        log.info("penalize %s (%s, +%s)", peer_id, reason, weight)
+        if self._book.penalize(peer_id, weight, reason, trio.current_time()):
+            self._ban(peer_id)
+
+    def _ban(self, peer_id: str) -> None:
+        self._stats["bans"] += 1
+        log.warning(
+            "ban %s for %ss: %s", peer_id, self.limits.ban_seconds, self._book.reasons(peer_id)
+        )
+        pid = ID.from_base58(peer_id)
+        if self._pubsub is not None:
+            self._pubsub.add_to_blacklist(pid)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._disconnect, pid)
+
+    async def _disconnect(self, pid: ID) -> None:
+        if self._host is not None:
+            try:
+                await self._host.disconnect(pid)
+            except Exception as error:  # the connection may already be gone
+                log.debug("disconnect %s: %s", pid, error)
+        self._signal_change()
+
+    # -- running --
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, join topics, dial bootstrap peers; return only when cancelled."""
+        if self._nursery is not None:
+            raise RuntimeError("Network.run is already running")
+        host = self._build_host()
+        router = GossipSub(
+            protocols=[PROTOCOL_ID_V11],
+            degree=self.limits.gossip_degree,
+            degree_low=self.limits.gossip_degree_low,
+            degree_high=self.limits.gossip_degree_high,
+            heartbeat_initial_delay=0.1,
+            heartbeat_interval=1,
+            gossip_window=3,
+            gossip_history=5,
+            adaptive_gossip_enabled=False,
+            eclipse_protection_enabled=False,  # IP diversity means nothing on a devnet
+            spam_protection_enabled=True,
+            max_messages_per_topic_per_second=self.limits.max_messages_per_topic_per_second,
+            max_pending_messages_per_peer=min(self.limits.outbound_queue, 1024),
+        )
+        pubsub = _Pubsub(
+            host,
+            router,
+            deliver=self._deliver,
+            outbound_queue=self.limits.outbound_queue,
+            max_rpc_size=self.limits.max_message_size + RPC_OVERHEAD,
+        )
+        rr = RequestResponse(host)
+        for protocol_id, handler in self._handlers.items():
+            rr.set_handler(
+                TProtocol(protocol_id),
+                self._wrap_handler(handler),
+                _FramedCodec(),
+                self._inbound_config(),
+            )
+        rr.set_handler(
+            TProtocol(PEER_EXCHANGE_PROTOCOL),
+            self._wrap_handler(self._serve_peer_exchange),
+            _FramedCodec(),
+            self._inbound_config(),
+        )
+        for topic, validator in self._validators.items():
+            pubsub.set_topic_validator(topic, self._wrap_validator(topic, validator), False)
+        host.get_network().register_notifee(_Notifee(self))
+        try:
+            async with host.run(listen_addrs=self._listen):
+                # Our dialer owns reconnection (see the module docstring).
+                await host.get_network().auto_connector.stop()  # type: ignore[attr-defined]
+                self._listen_addrs = [str(a) for a in host.get_addrs()]
+                async with background_trio_service(pubsub), background_trio_service(router):
+                    await pubsub.wait_until_ready()
+                    for topic in self._topics:
+                        await pubsub.subscribe(topic)
+                    async with trio.open_nursery() as nursery:
+                        self._host, self._pubsub, self._router, self._rr = host, pubsub, router, rr
+                        self._nursery = nursery
+                        now = self._now()
+                        for peer_id, addr in self._bootstrap:
+                            self._book.add_target(peer_id, [addr], persistent=True, now=now)
+                        nursery.start_soon(self._dialer)
+                        nursery.start_soon(self._maintenance)
+                        log.info("network up: %s", " ".join(self._listen_addrs))
+                        task_status.started()
+                        await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            self._host = self._pubsub = self._router = self._rr = None
+            self._signal_change()
+
+    def _build_host(self) -> BasicHost:
+        from libp2p import new_swarm
+
+        limits = self.limits
+        swarm = new_swarm(
+            key_pair=self._key_pair,
+            sec_opt={
+                NOISE_PROTOCOL_ID: NoiseTransport(
+                    self._key_pair, noise_privkey=create_new_x25519_key_pair().private_key
+                )
+            },
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+            listen_addrs=self._listen,
+            retry_config=RetryConfig(max_retries=0),
+            connection_config=ConnectionConfig(
+                max_connections=4 * limits.max_peers,
+                min_connections=0,
+                low_watermark=2 * limits.max_peers,
+                high_watermark=4 * limits.max_peers,
+                dial_timeout=limits.dial_timeout,
+            ),
+            resource_manager=new_resource_manager(
+                limits=ResourceLimits(
+                    max_connections=4 * limits.max_peers,
+                    max_streams=limits.max_peers
+                    * (limits.max_concurrent_inbound_per_protocol + 16),
+                ),
+                connection_limits=ConnectionLimits(
+                    max_pending_inbound=limits.max_peers,
+                    max_pending_outbound=limits.max_peers,
+                    max_established_inbound=2 * limits.max_peers,
+                    max_established_outbound=2 * limits.max_peers,
+                    max_established_per_peer=4,
+                    max_established_total=4 * limits.max_peers,
+                ),
+            ),
+        )
+        return BasicHost(network=swarm, negotiate_timeout=10)
+
+    def _inbound_config(self) -> RequestResponseConfig:
+        return RequestResponseConfig(
+            timeout=self.limits.handler_timeout,
+            max_request_size=self.limits.max_request_size + len(FRAME_MARKER),
+            max_response_size=self.limits.max_response_size + len(FRAME_MARKER),
+            max_concurrent_inbound=self.limits.max_concurrent_inbound_per_protocol,
+        )
+
+    # -- callbacks from libp2p --
+
+    def _deliver(self, msg: rpc_pb2.Message) -> None:
+        origin = ID(msg.from_id)
+        if origin == self._peer_id:
+            return
+        item = (origin.to_base58(), bytes(msg.data))
+        for topic in msg.topicIDs:
+            pair = self._channels.get(topic)
+            if pair is None:
+                continue
+            try:
+                pair[0].send_nowait(item)
+                self._stats["delivered"] += 1
+            except trio.WouldBlock:
+                self._stats["dropped_subscriber_slow"] += 1
+                log.warning("subscriber of %s too slow: message dropped", topic)
+            except trio.BrokenResourceError:
+                pass  # the consumer closed its channel
+
+    def _wrap_validator(
+        self, topic: str, validator: Validator
+    ) -> Callable[[ID, rpc_pb2.Message], bool]:
+        def validate(forwarder: ID, msg: rpc_pb2.Message) -> bool:
+            if _safe_validate(validator, ID(msg.from_id).to_base58(), bytes(msg.data)):
+                return True
+            self._stats["rejected_invalid"] += 1
+            if forwarder != self._peer_id:
+                self.penalize(
+                    forwarder.to_base58(),
+                    f"invalid message on {topic}",
+                    self.limits.invalid_message_penalty,
+                )
+            return False
+
+        return validate
+
+    def _wrap_handler(
+        self, handler: RequestHandler
+    ) -> Callable[[bytes, RequestContext], Awaitable[bytes]]:
+        async def handle(request: bytes, context: RequestContext) -> bytes:
+            peer_id = context.peer_id.to_base58()
+            if self._book.is_banned(peer_id, trio.current_time()):
+                self._stats["requests_refused"] += 1
+                raise _Refused(f"{peer_id} is banned")
+            active = self._inbound.get(peer_id, 0)
+            if active >= self.limits.max_concurrent_requests_per_peer:
+                self._stats["requests_refused"] += 1
+                raise _Refused(f"{peer_id} has {active} requests in flight")
+            self._inbound[peer_id] = active + 1
+            try:
+                reply = await handler(peer_id, request)
+            except RequestResponseError:
+                raise
+            except Exception as error:
+                log.warning("handler %s failed for %s: %r", context.protocol_id, peer_id, error)
+                raise _Refused(f"handler failed: {error!r}") from None
+            finally:
+                left = self._inbound[peer_id] - 1
+                if left:
+                    self._inbound[peer_id] = left
+                else:
+                    del self._inbound[peer_id]
+            self._stats["requests_served"] += 1
+            return reply
+
+        return handle
+
+    def _on_connected(self, peer_id: str) -> None:
+        self._signal_change()
+        now = self._now()
+        target = self._book.targets.get(peer_id)
+        if target is not None and not target.dialing:
+            self._book.dial_succeeded(peer_id)  # it dialled us: its backoff starts afresh
+        if self._book.is_banned(peer_id, now) and self._nursery is not None:
+            self._nursery.start_soon(self._disconnect, ID.from_base58(peer_id))
+        elif self._peer_exchange and self._nursery is not None:
+            self._nursery.start_soon(self._exchange_peers, peer_id)
+
+    def _on_disconnected(self, peer_id: str) -> None:
+        self._signal_change()
+        # Harmless if another connection survives: the dialer skips connected peers.
+        self._book.disconnected(peer_id, self._now())
+        self._wake_dialer.set()
+
+    def _signal_change(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # -- background tasks --
+
+    async def _dialer(self) -> None:
+        limiter = trio.CapacityLimiter(self.limits.max_concurrent_dials)
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = self._now()
+                connected = self._connected()
+                for peer_id in self._book.due(now, connected):
+                    nursery.start_soon(self._dial, peer_id, limiter)
+                wakeup = self._book.next_wakeup(now, connected)
+                delay = 5.0 if wakeup is None else min(5.0, max(0.0, wakeup - now))
+                with trio.move_on_after(delay):
+                    await self._wake_dialer.wait()
+                self._wake_dialer = trio.Event()
+
+    async def _dial(self, peer_id: str, limiter: trio.CapacityLimiter) -> None:
+        assert self._host is not None
+        host = self._host
+        ok = False
+        try:
+            async with limiter:
+                pid = ID.from_base58(peer_id)
+                addr = multiaddr.Multiaddr(self._book.addr_for_attempt(peer_id))
+                swarm = host.get_network()
+                swarm.unblock_peer(pid)  # type: ignore[attr-defined]
+                host.get_peerstore().clear_addrs(pid)
+                with trio.fail_after(self.limits.dial_timeout):
+                    await host.connect(Libp2pPeerInfo(pid, [addr]))
+                ok = True
+        except Exception as error:  # any failure to connect is retried with backoff
+            log.debug("dial %s failed: %r", peer_id, error)
+            self._stats["dials_failed"] += 1
+        finally:
+            if ok:
+                self._book.dial_succeeded(peer_id)
+            else:
+                self._book.dial_failed(peer_id, self._now())
+            self._wake_dialer.set()
+
+    async def _maintenance(self) -> None:
+        next_exchange = self._now() + self.limits.peer_exchange_interval
+        while True:
+            await trio.sleep(1.0)
+            now = self._now()
+            for peer_id in self._book.expire(now):
+                log.info("ban on %s lifted", peer_id)
+                if self._pubsub is not None:
+                    self._pubsub.remove_from_blacklist(ID.from_base58(peer_id))
+                self._wake_dialer.set()
+            if self._router is not None:
+                seen = self._router.equivocation_detection
+                for key in list(seen)[: max(0, len(seen) - 256)]:
+                    del seen[key]
+            connected = self._connected()
+            for peer_id in [p for p, s in self._outbound.items() if p not in connected]:
+                if self._outbound[peer_id].value == self.limits.max_concurrent_requests_per_peer:
+                    del self._outbound[peer_id]
+            if self._peer_exchange and connected and now >= next_exchange:
+                next_exchange = now + self.limits.peer_exchange_interval
+                peer_id = sorted(connected)[int(now) % len(connected)]
+                assert self._nursery is not None
+                self._nursery.start_soon(self._exchange_peers, peer_id)
+
+    async def _serve_peer_exchange(self, requester: str, request: bytes) -> bytes:
+        entries = []
+        for peer_id in sorted(self._connected()):
+            if peer_id == requester or self._book.is_banned(peer_id, trio.current_time()):
+                continue
+            addrs = [
+                a for a in self._known_addrs(peer_id) if "/tcp/" in a and "p2p-circuit" not in a
+            ]
+            if addrs:
+                entries.append([peer_id, addrs[:4]])
+        return encode(entries[: self.limits.max_peers])
+
+    async def _exchange_peers(self, peer_id: str) -> None:
+        try:
+            reply = await self.request(
+                peer_id,
+                PEER_EXCHANGE_PROTOCOL,
+                b"",
+                timeout=5.0,
+                max_response_size=MAX_PEER_EXCHANGE_REPLY,
+            )
+            entries = decode(reply, MAX_PEER_EXCHANGE_REPLY)
+            if not isinstance(entries, list):
+                raise DecodeError("peer list is not a list")
+            added = 0
+            now = self._now()
+            for entry in entries[: self.limits.max_peers]:
+                if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+                    raise DecodeError("malformed peer entry")
+                other, addrs = entry
+                if other == self.peer_id or not isinstance(addrs, list):
+                    continue
+                ID.from_base58(other)
+                good = [str(multiaddr.Multiaddr(a)) for a in addrs[:4] if isinstance(a, str)]
+                added += self._book.add_target(other, good, persistent=False, now=now)
+            if added:
+                self._wake_dialer.set()
+        except NetworkError as error:
+            log.debug("peer exchange with %s: %s", peer_id, error)
+        except (DecodeError, ValueError) as error:
+            self.penalize(peer_id, f"malformed peer exchange reply: {error}")
+
+    # -- helpers --
+
+    def _now(self) -> float:
+        return trio.current_time()
+
+    def _connected(self) -> set[str]:
+        if self._host is None:
+            return set()
+        swarm = self._host.get_network()
+        return {
+            p.to_base58()
+            for p, conns in swarm.connections.items()  # type: ignore[attr-defined]
+            if any(not c.is_closed for c in conns)
+        }
+
+    def _known_addrs(self, peer_id: str) -> list[str]:
+        if self._host is None:
+            return []
+        try:
+            return [str(a) for a in self._host.get_peerstore().addrs(ID.from_base58(peer_id))]
+        except Exception:  # unknown or expired in the peerstore
+            return []
+
+
+def _safe_validate(validator: Validator, peer_id: str, data: bytes) -> bool:
+    try:
+        return validator(peer_id, data) is True
+    except Exception as error:
+        log.warning("validator raised %r: message rejected", error)
+        return False

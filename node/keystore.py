@@ -264,9 +264,12 @@ def create_key_file(path: Path, passphrase: str | bytes, *, seed: bytes | None =
     """
     if path.exists() or path.is_symlink():
         raise KeystoreError(f"a key already exists at {path}; refusing to overwrite it")
-    path.parent.mkdir(mode=HOME_MODE, parents=True, exist_ok=True)
-    if stat.S_IMODE(path.parent.stat().st_mode) != HOME_MODE:
-        path.parent.chmod(HOME_MODE)
+    try:
+        path.parent.mkdir(mode=HOME_MODE, parents=True, exist_ok=True)
+        if stat.S_IMODE(path.parent.stat().st_mode) != HOME_MODE:
+            path.parent.chmod(HOME_MODE)
+    except OSError as exc:
+        raise KeystoreError(f"cannot prepare {path.parent}: {exc.strerror or exc}") from None
     doc = seal(os.urandom(SEED_LEN) if seed is None else seed, passphrase,
                salt=os.urandom(SALT_LEN), nonce=os.urandom(NONCE_LEN), params=scrypt)
     data = (json.dumps(doc, indent=2) + "\n").encode("utf-8")

@@ -366,3 +366,10 @@ def test_no_source_and_no_terminal_is_a_clear_error() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=60, start_new_session=True)
     assert "--passphrase-file" in proc.stdout and PASSPHRASE_ENV in proc.stdout, proc
+
+
+def test_unwritable_location_is_a_keystore_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(KeystoreError, match="cannot"):
+        create_key_file(blocker / "home" / "member.key", PASS, scrypt=CHEAP)

@@ -53,7 +53,7 @@ CHANGES = {
     "treasury": Struct({"signers": List(Id(), 1, 64, "treasury signers", unique=True),
                         "threshold": Int(1, 64, "approvals needed")}),
     "expel": Struct({"member": Id("member to expel")}),
-    "link": Struct({"genesis": Bytes(1, 256 * 1024, "the other commune's genesis document"),
+    "link": Struct({"genesis": Bytes(1, 48 * 1024, "the other commune's genesis document"),
                     "validators": List(Id(), 1, 1000, "its current validator set", unique=True),
                     "height": Int(0, doc="height at which that validator set holds")}),
     "merge": Struct({"commune": Hash("chain id of the linked commune to merge with"),

@@ -395,3 +395,14 @@ def test_an_applicant_may_act_as_a_member_after_applying() -> None:
          "lock": 3},  # a lock below the amount is the ledger's rejection at reveal time
     ))
     assert s.assets == ("van", "bus")
+
+
+def test_parameter_bounds_match_the_genesis() -> None:
+    """A scenario that parses must make a valid genesis: same bounds as the ledger's."""
+    genesis = pytest.importorskip("ledger.genesis")
+    from bootstrap.scenario import PARAM_BOUNDS
+
+    assert set(PARAM_BOUNDS) == set(genesis.PARAMS)
+    for name, (lo, hi) in PARAM_BOUNDS.items():
+        spec = genesis.PARAMS[name]
+        assert (lo, hi) == (spec.min, spec.max), name

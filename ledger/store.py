@@ -1,0 +1,236 @@
+"""The SQLite store: blocks, certificates, transactions, and the state as tables.
+
+One committed block is one SQLite transaction: the block, its certificate, its
+transactions with their results, and its change set applied to the state tables all
+land together or not at all, and WAL with `synchronous=FULL` makes the commit durable
+before `commit_block` returns. A process killed at any instant reopens at a block
+boundary.
+
+The state tables mirror the in-memory tables column for column (declared in the
+rules), so the CLI and the API answer from SQL. Store-only tables are prefixed
+`chain_` and hold history that is not state: blocks, certificates, transactions, and
+the validator sets of past heights (needed to check old certificates and evidence).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ledger.execute import TxOutcome
+from ledger.state import Change, State, Table
+
+SCHEMA_VERSION = 1
+
+STORE_TABLES = (
+    """CREATE TABLE IF NOT EXISTS chain_meta (
+        key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS chain_blocks (
+        height INTEGER PRIMARY KEY, hash BLOB NOT NULL UNIQUE, time_ms INTEGER NOT NULL,
+        proposer BLOB NOT NULL, state_root BLOB NOT NULL, num_txs INTEGER NOT NULL,
+        raw BLOB NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS chain_certificates (
+        height INTEGER PRIMARY KEY, raw BLOB NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS chain_txs (
+        id BLOB PRIMARY KEY, height INTEGER NOT NULL, idx INTEGER NOT NULL,
+        kind TEXT NOT NULL, signer BLOB NOT NULL, nonce INTEGER NOT NULL,
+        result TEXT) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS chain_validators (
+        from_height INTEGER PRIMARY KEY, members BLOB NOT NULL)""",
+)
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used: another chain's, a newer schema, or corrupt."""
+
+
+def _result_json(result: Any) -> str | None:
+    if result is None:
+        return None
+    return json.dumps(result, sort_keys=True, separators=(",", ":"))
+
+
+class Store:
+    """The SQLite file of one ledger. `path=None` keeps it in memory (tests, replay)."""
+
+    def __init__(self, path: str | None, tables: Mapping[str, Table]) -> None:
+        for name in tables:
+            assert not name.startswith("chain_") and not name.startswith("sqlite_"), name
+        self.path = path
+        self.tables = dict(tables)
+        self.conn = sqlite3.connect(path or ":memory:", isolation_level=None,
+                                    check_same_thread=False)
+        self.conn.execute("PRAGMA foreign_keys = OFF")
+        if path is not None:
+            mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"cannot put {path} in WAL mode (got {mode})")
+        self.conn.execute("PRAGMA synchronous = FULL")
+        self._upsert: dict[str, str] = {}
+        self._delete: dict[str, str] = {}
+        with self.transaction():
+            for sql in STORE_TABLES:
+                self.conn.execute(sql)
+            for t in self.tables.values():
+                self.conn.execute(t.create_sql())
+                cols = t.key_names + t.column_names
+                self._upsert[t.name] = (
+                    f'INSERT OR REPLACE INTO "{t.name}" ({", ".join(cols)}) '
+                    f'VALUES ({", ".join("?" * len(cols))})')
+                self._delete[t.name] = (
+                    f'DELETE FROM "{t.name}" WHERE '
+                    + " AND ".join(f'"{k}" = ?' for k in t.key_names))
+            version = self.meta("schema_version")
+            if version is None:
+                self._set_meta("schema_version", str(SCHEMA_VERSION).encode())
+            elif int(version) != SCHEMA_VERSION:
+                raise StoreError(f"store schema {int(version)} is not {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ---- transactions --------------------------------------------------------------------
+
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def __enter__(self) -> None:
+            self.conn.execute("BEGIN IMMEDIATE")
+
+        def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            if exc_type is None:
+                self.conn.execute("COMMIT")
+            else:
+                self.conn.execute("ROLLBACK")
+
+    def transaction(self) -> Store._Tx:
+        return Store._Tx(self.conn)
+
+    # ---- meta ----------------------------------------------------------------------------
+
+    def meta(self, key: str) -> bytes | None:
+        row = self.conn.execute("SELECT value FROM chain_meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def _set_meta(self, key: str, value: bytes) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO chain_meta (key, value) VALUES (?, ?)",
+                          (key, value))
+
+    # ---- writes --------------------------------------------------------------------------
+
+    def _write_changes(self, changes: list[Change]) -> None:
+        upserts: dict[str, list[tuple[Any, ...]]] = {}
+        deletes: dict[str, list[tuple[Any, ...]]] = {}
+        tables = self.tables
+        for table, key, _old, new in changes:
+            t = tables[table]
+            kv = t.key_values(key)
+            if new is None:
+                deletes.setdefault(table, []).append(kv)
+            else:
+                upserts.setdefault(table, []).append(kv + tuple(new[c] for c in t.column_names))
+        ex = self.conn.executemany
+        for table, rows in deletes.items():
+            ex(self._delete[table], rows)
+        for table, rows in upserts.items():
+            ex(self._upsert[table], rows)
+
+    def init_genesis(self, genesis: bytes, chain_id: bytes, changes: list[Change],
+                     root: bytes, validators: bytes) -> None:
+        with self.transaction():
+            if self.meta("genesis") is not None:
+                raise StoreError("store already initialized")
+            self._set_meta("genesis", genesis)
+            self._set_meta("chain_id", chain_id)
+            self._set_meta("genesis_state_root", root)
+            self._write_changes(changes)
+            self.conn.execute("INSERT INTO chain_validators (from_height, members) VALUES (1, ?)",
+                              (validators,))
+
+    def commit_block(self, height: int, block_hash: bytes, time_ms: int, proposer: bytes,
+                     state_root: bytes, raw_block: bytes, raw_certificate: bytes,
+                     outcomes: list[TxOutcome], changes: list[Change],
+                     new_validators: bytes | None) -> None:
+        """Everything a committed block changes, in one durable SQLite transaction."""
+        with self.transaction():
+            c = self.conn
+            c.execute("INSERT INTO chain_blocks (height, hash, time_ms, proposer, state_root, "
+                      "num_txs, raw) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      (height, block_hash, time_ms, proposer, state_root, len(outcomes),
+                       raw_block))
+            c.execute("INSERT INTO chain_certificates (height, raw) VALUES (?, ?)",
+                      (height, raw_certificate))
+            c.executemany(
+                "INSERT INTO chain_txs (id, height, idx, kind, signer, nonce, result) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(o.id, height, i, o.kind, o.signer, o.nonce, _result_json(o.result))
+                 for i, o in enumerate(outcomes)])
+            self._write_changes(changes)
+            if new_validators is not None:
+                c.execute("INSERT INTO chain_validators (from_height, members) VALUES (?, ?)",
+                          (height + 2, new_validators))
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    def last_block(self) -> tuple[int, bytes, int, bytes] | None:
+        """(height, hash, time_ms, state_root) of the last committed block."""
+        row = self.conn.execute("SELECT height, hash, time_ms, state_root FROM chain_blocks "
+                                "ORDER BY height DESC LIMIT 1").fetchone()
+        return None if row is None else (row[0], bytes(row[1]), row[2], bytes(row[3]))
+
+    def load_state(self, state: State) -> None:
+        for t in self.tables.values():
+            nk = len(t.key_names)
+            cols = t.key_names + t.column_names
+            sql = f'SELECT {", ".join(cols)} FROM "{t.name}"'
+            names = t.column_names
+            for r in self.conn.execute(sql):
+                state.load_row(t.name, t.key_of(tuple(r[:nk])), dict(zip(names, r[nk:],
+                                                                         strict=True)))
+
+    def validator_history(self) -> list[tuple[int, bytes]]:
+        return [(h, bytes(m)) for h, m in self.conn.execute(
+            "SELECT from_height, members FROM chain_validators ORDER BY from_height")]
+
+    def block_raw(self, height: int) -> bytes | None:
+        row = self.conn.execute("SELECT raw FROM chain_blocks WHERE height = ?",
+                                (height,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def block_height(self, block_hash: bytes) -> int | None:
+        row = self.conn.execute("SELECT height FROM chain_blocks WHERE hash = ?",
+                                (block_hash,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def certificate_raw(self, height: int) -> bytes | None:
+        row = self.conn.execute("SELECT raw FROM chain_certificates WHERE height = ?",
+                                (height,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def tx(self, txid: bytes) -> tuple[int, int, str, bytes, int, Any] | None:
+        row = self.conn.execute("SELECT height, idx, kind, signer, nonce, result FROM chain_txs "
+                                "WHERE id = ?", (txid,)).fetchone()
+        if row is None:
+            return None
+        return (row[0], row[1], row[2], bytes(row[3]), row[4],
+                None if row[5] is None else json.loads(row[5]))
+
+    def blocks(self, start: int = 1) -> Iterator[tuple[int, bytes, bytes]]:
+        """(height, raw block, raw certificate) from `start` on."""
+        for h, b, c in self.conn.execute(
+                "SELECT b.height, b.raw, c.raw FROM chain_blocks b JOIN chain_certificates c "
+                "ON c.height = b.height WHERE b.height >= ? ORDER BY b.height", (start,)):
+            yield h, bytes(b), bytes(c)
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Read-only SQL for queries (the CLI and API); refuses anything that writes."""
+        if not self.conn.execute("SELECT 1").fetchone():  # pragma: no cover
+            raise StoreError("store closed")
+        self.conn.execute("PRAGMA query_only = ON")
+        try:
+            return list(self.conn.execute(sql, params))
+        finally:
+            self.conn.execute("PRAGMA query_only = OFF")

@@ -188,15 +188,15 @@ def reference_clearing(bids: list[BondBid], face: int,
     return stop, out
 
 
-bid_sets = st.lists(
-    st.tuples(st.integers(1, 10_000), st.sampled_from([0, 100, 250, 300, 450, 500, 650, 900,
-                                                      901, 1200])),
-    min_size=0, max_size=25)
+RATES = st.sampled_from([0, 100, 250, 300, 450, 500, 650, 900, 901, 1200])
+# small amounts and faces make equal remainders at the stop-out (commit-order ties) common
+bid_sets = st.lists(st.tuples(st.integers(1, 10_000), RATES), max_size=25) | \
+    st.lists(st.tuples(st.integers(1, 6), RATES), max_size=25)
 
 
 @SETTINGS
-@given(raw=bid_sets, face=st.integers(1, 60_000), max_rate=st.sampled_from([0, 300, 900, 2000]),
-       data=st.data())
+@given(raw=bid_sets, face=st.integers(1, 60_000) | st.integers(1, 40),
+       max_rate=st.sampled_from([0, 300, 900, 2000]), data=st.data())
 def test_clearing_matches_brute_force(raw: list[tuple[int, int]], face: int, max_rate: int,
                                       data: st.DataObject) -> None:
     orders = data.draw(st.permutations(list(range(len(raw)))))

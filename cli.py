@@ -293,5 +293,642 @@ def id_command(home: Path | None, as_json: bool) -> None:
 # =========================================================================================
 
 
+# =========================================================================================
+# The daemon and the commands that talk to it (node/daemon.py, node/client.py)
+#
+# Every command below except `daemon` is a client of the running daemon's control API.
+# Transaction commands have the daemon sign with the member's key (it holds the
+# unlocked key) and by default wait until the transaction commits (`--no-wait` to
+# return once it is accepted into the mempool). Amounts are integers in the commune's
+# minor unit (cents for a currency with 2 minor units), as everywhere in the ledger.
+# =========================================================================================
+
+CLIENT_EXIT = {"unreachable": Exit.UNREACHABLE, "auth": Exit.AUTH, "rejected": Exit.FAILED,
+               "not_found": Exit.NOT_FOUND, "usage": Exit.USAGE, "timeout": Exit.TIMEOUT,
+               "exists": Exit.EXISTS, "failed": Exit.FAILED}
+DEFAULT_WAIT_SECONDS = 60.0
+
+
+def _client(home: Path | None) -> Any:
+    from node.client import Client, ClientError
+
+    paths = resolve_paths(home)
+    try:
+        return Client.from_home(paths.home)
+    except ClientError as exc:
+        fail(exc.message, CLIENT_EXIT.get(exc.kind, Exit.FAILED))
+
+
+def _call(home: Path | None, fn: Callable[[Any], T]) -> T:
+    """Run `fn(client)`, turning every client error into its message and exit code."""
+    from node.client import ClientError
+
+    client = _client(home)
+    try:
+        return fn(client)
+    except ClientError as exc:
+        fail(exc.message, CLIENT_EXIT.get(exc.kind, Exit.FAILED))
+    finally:
+        client.close()
+
+
+def _get(home: Path | None, path: str, **params: Any) -> Any:
+    return _call(home, lambda c: c.get(path, **params))
+
+
+def wait_options(f: F) -> F:
+    f = click.option("--timeout", "wait_timeout", type=click.FloatRange(0, 600),
+                     default=DEFAULT_WAIT_SECONDS, show_default=True,
+                     help="Seconds to wait for the commit.")(f)
+    return click.option("--wait/--no-wait", default=True, show_default=True,
+                        help="Wait until the transaction is committed (or rejected).")(f)
+
+
+def _fmt_amount(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _tx_outcome(result: dict[str, Any], wait: bool) -> dict[str, Any]:
+    status = result.get("status")
+    if status == "rejected":
+        fail(f"transaction rejected: {result.get('reason') or 'no reason given'}", Exit.FAILED)
+    if wait and status == "pending":
+        fail(f"transaction {result.get('id')} is not committed yet (still pending); check "
+             f"later with `commune tx show {result.get('id')}`", Exit.TIMEOUT)
+    if status == "dropped":
+        fail(f"transaction {result.get('id')} was dropped: {result.get('reason', '')}",
+             Exit.FAILED)
+    return result
+
+
+def _show_tx_result(console: Console, r: dict[str, Any]) -> None:
+    if r.get("status") == "committed":
+        console.print(f"Committed [bold]{r.get('kind', 'transaction')}[/] {r['id']} "
+                      f"at height {r.get('height')}")
+        for k, v in sorted((r.get("result") or {}).items()):
+            console.print(f"  {k}: {v}", markup=False)
+    else:
+        console.print(f"Submitted {r.get('kind', 'transaction')} {r['id']} "
+                      f"(status: {r.get('status')})", markup=False)
+
+
+def _sign(home: Path | None, kind: str, args: dict[str, Any], wait: bool, timeout: float,
+          as_json: bool) -> None:
+    result = _call(home, lambda c: c.sign(kind, args, wait=timeout if wait else 0))
+    emit(_tx_outcome(result, wait), as_json, _show_tx_result)
+
+
+def _action(home: Path | None, name: str, body: dict[str, Any], wait: bool, timeout: float,
+            as_json: bool) -> None:
+    result = _call(home, lambda c: c.action(name, body, wait=timeout if wait else 0))
+    emit(_tx_outcome(result, wait), as_json, _show_tx_result)
+
+
+def _table(console: Console, title: str, rows: Sequence[dict[str, Any]],
+           columns: Sequence[tuple[str, str]]) -> None:
+    from rich.table import Table
+
+    if not rows:
+        console.print(f"{title}: none")
+        return
+    table = Table(title=title, title_justify="left")
+    for _, header in columns:
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        cells = []
+        for key, _ in columns:
+            v = row.get(key)
+            cells.append("" if v is None else _fmt_amount(v) if isinstance(v, int)
+                         and not isinstance(v, bool) else str(v))
+        table.add_row(*cells)
+    console.print(table)
+
+
+def _kv(console: Console, data: dict[str, Any], keys: Sequence[str] | None = None) -> None:
+    for k in keys or sorted(data):
+        if k in data and not isinstance(data[k], list | dict):
+            console.print(f"{k:>18}: {data[k]}", markup=False)
+
+
+@cli.command()
+@home_option
+@passphrase_file_option
+def daemon(home: Path | None, passphrase_file: Path | None) -> None:
+    """Run this member's node: consensus, gossip, the ledger and the control API.
+
+    Stops cleanly on Ctrl-C or SIGTERM. Logs are JSON lines on stderr and in
+    HOME/logs/. Other commands talk to it through the API address in HOME/api.json
+    with the token in HOME/api.token.
+    """
+    from node import daemon as node_daemon
+
+    paths = resolve_paths(home)
+    require_key(paths)
+    try:
+        cfg = node_config.load_config(paths.config, paths.home)
+    except node_config.ConfigError as exc:
+        fail(str(exc), Exit.NOT_FOUND if "no config file" in str(exc) else Exit.USAGE)
+    try:
+        passphrase = keystore.get_passphrase(passphrase_file or cfg.passphrase_file)
+        key = keystore.load_key(paths.key, passphrase)
+    except keystore.KeystoreError as exc:
+        fail(str(exc), Exit.AUTH)
+    try:
+        node_daemon.main(paths.home, key)
+    except node_daemon.DaemonError as exc:
+        fail(exc.message, CLIENT_EXIT.get(exc.kind, Exit.FAILED))
+
+
+@cli.command()
+@home_option
+@json_option
+def status(home: Path | None, as_json: bool) -> None:
+    """Height, consensus round, peers and sync state of the running daemon."""
+
+    def human(console: Console, s: dict[str, Any]) -> None:
+        _kv(console, s, ["commune", "member", "peer_id", "height", "round", "step",
+                         "is_validator", "validators", "peers", "syncing", "mempool_txs",
+                         "uptime_seconds"])
+        last = s.get("last_block")
+        if last:
+            console.print(f"{'last block':>18}: {last['hash'][:16]}… with {last['txs']} txs",
+                          markup=False)
+
+    emit(_get(home, "status"), as_json, human)
+
+
+@cli.command()
+@home_option
+@json_option
+def peers(home: Path | None, as_json: bool) -> None:
+    """Connected peers with their addresses, scores and last known heights."""
+    emit(_get(home, "peers"), as_json, lambda console, rows: _table(
+        console, "Peers", rows, [("peer_id", "peer"), ("height", "height"), ("score", "score"),
+                                 ("addrs", "addresses")]))
+
+
+@cli.command()
+@home_option
+@json_option
+def members(home: Path | None, as_json: bool) -> None:
+    """Members (one share each) and pending applications."""
+
+    def human(console: Console, d: dict[str, Any]) -> None:
+        _table(console, "Members", d["members"], [("name", "name"), ("id", "id"),
+                                                  ("enterprise", "enterprise"),
+                                                  ("validator", "validator")])
+        _table(console, "Applications", d["applications"],
+               [("name", "name"), ("applicant", "applicant"),
+                ("attestations", "attestations"), ("needed", "needed")])
+
+    emit(_get(home, "members"), as_json, human)
+
+
+@cli.command()
+@click.option("--name", required=True, help="Your name as members will see it.")
+@click.option("--enterprise", default="", help="The enterprise you work in.")
+@click.option("--labour", default="", help="Your labour statement.")
+@home_option
+@wait_options
+@json_option
+def apply(name: str, enterprise: str, labour: str, home: Path | None, wait: bool,
+          wait_timeout: float, as_json: bool) -> None:
+    """Apply for membership (admitted once enough members attest your labour)."""
+    _sign(home, "member.apply", {"name": name, "enterprise": enterprise, "labour": labour},
+          wait, wait_timeout, as_json)
+
+
+@cli.command()
+@click.argument("applicant")
+@home_option
+@wait_options
+@json_option
+def attest(applicant: str, home: Path | None, wait: bool, wait_timeout: float,
+           as_json: bool) -> None:
+    """Attest the labour of APPLICANT (a member id)."""
+    _sign(home, "member.attest", {"applicant": applicant}, wait, wait_timeout, as_json)
+
+
+@cli.command()
+@click.option("--yes", "confirmed", is_flag=True, help="Do not ask for confirmation.")
+@home_option
+@wait_options
+@json_option
+def resign(confirmed: bool, home: Path | None, wait: bool, wait_timeout: float,
+           as_json: bool) -> None:
+    """Give up your share (claims already earned are kept)."""
+    if not confirmed and not click.confirm("Resign from the commune? Your share is not "
+                                           "refunded", default=False):
+        fail("not resigned", Exit.FAILED)
+    _sign(home, "member.resign", {}, wait, wait_timeout, as_json)
+
+
+@cli.command()
+@click.argument("account")
+@click.argument("amount", type=click.IntRange(1))
+@click.option("--reference", required=True, help="External payment reference.")
+@home_option
+@wait_options
+@json_option
+def deposit(account: str, amount: int, reference: str, home: Path | None, wait: bool,
+            wait_timeout: float, as_json: bool) -> None:
+    """Propose crediting ACCOUNT with AMOUNT received outside (treasury signers)."""
+    _sign(home, "treasury.deposit", {"account": account, "amount": amount,
+                                     "reference": reference}, wait, wait_timeout, as_json)
+
+
+@cli.command()
+@click.argument("amount", type=click.IntRange(1))
+@click.option("--reference", default="", help="Where the treasury should pay you.")
+@home_option
+@wait_options
+@json_option
+def withdraw(amount: int, reference: str, home: Path | None, wait: bool, wait_timeout: float,
+             as_json: bool) -> None:
+    """Ask the treasury to pay out AMOUNT from your balance."""
+    _sign(home, "account.withdraw", {"amount": amount, "reference": reference}, wait,
+          wait_timeout, as_json)
+
+
+@cli.command()
+@click.argument("action")
+@home_option
+@wait_options
+@json_option
+def approve(action: str, home: Path | None, wait: bool, wait_timeout: float,
+            as_json: bool) -> None:
+    """Approve the pending treasury ACTION (the id of the proposing transaction)."""
+    _sign(home, "treasury.approve", {"action": action}, wait, wait_timeout, as_json)
+
+
+@cli.group()
+def treasury() -> None:
+    """Treasury actions beyond deposits: payouts, purchases, sales (signers only)."""
+
+
+@treasury.command("show")
+@home_option
+@json_option
+def treasury_show(home: Path | None, as_json: bool) -> None:
+    """Signers, threshold, pending actions and withdrawals."""
+
+    def human(console: Console, d: dict[str, Any]) -> None:
+        console.print(f"Signers ({d['threshold']} of {len(d['signers'])}): "
+                      + ", ".join(d["signers"]), markup=False)
+        _table(console, "Actions", d["actions"], [("id", "id"), ("kind", "kind"),
+                                                  ("status", "status"),
+                                                  ("approvals", "approvals")])
+        _table(console, "Withdrawals", d["withdrawals"],
+               [("id", "id"), ("account", "account"), ("amount", "amount"),
+                ("status", "status")])
+
+    emit(_get(home, "treasury"), as_json, human)
+
+
+def _treasury_command(name: str, kind: str, doc: str, *params: click.Parameter) -> None:
+    def run(home: Path | None, wait: bool, wait_timeout: float, as_json: bool,
+            **args: Any) -> None:
+        _sign(home, kind, {k: v for k, v in args.items() if v not in (None, "")}, wait,
+              wait_timeout, as_json)
+
+    run.__doc__ = doc
+    cmd = json_option(wait_options(home_option(run)))
+    command = click.command(name)(cmd)
+    command.params[:0] = list(params)
+    treasury.add_command(command)
+
+
+_treasury_command("payout", "treasury.payout", "Propose settling WITHDRAWAL (its id).",
+                  click.Argument(["withdrawal"]), click.Option(["--reference"], default=""))
+_treasury_command("acquire", "treasury.acquire",
+                  "Propose recording that funded ASSET was bought with its escrow.",
+                  click.Argument(["asset"]), click.Option(["--reference"], default=""))
+_treasury_command("acquire-failed", "treasury.acquire_failed",
+                  "Propose recording that the purchase of ASSET fell through.",
+                  click.Argument(["asset"]), click.Option(["--reference"], default=""))
+_treasury_command("liquidated", "treasury.liquidated",
+                  "Propose recording the sale of ASSET for PROCEEDS.",
+                  click.Argument(["asset"]), click.Argument(["proceeds"], type=click.IntRange(0)),
+                  click.Option(["--reference"], default=""))
+
+
+@cli.command()
+@click.argument("to")
+@click.argument("amount", type=click.IntRange(1))
+@click.option("--memo", default=None, help="A note for the recipient.")
+@home_option
+@wait_options
+@json_option
+def transfer(to: str, amount: int, memo: str | None, home: Path | None, wait: bool,
+             wait_timeout: float, as_json: bool) -> None:
+    """Move AMOUNT from your account to TO (an account id)."""
+    args: dict[str, Any] = {"to": to, "amount": amount}
+    if memo:
+        args["memo"] = memo
+    _sign(home, "account.transfer", args, wait, wait_timeout, as_json)
+
+
+@cli.command()
+@click.argument("account", required=False)
+@home_option
+@json_option
+def balance(account: str | None, home: Path | None, as_json: bool) -> None:
+    """Balance and arrears of ACCOUNT (default: yours)."""
+    if account is None:
+        account = id_text(require_key(resolve_paths(home)))
+    emit(_get(home, f"account/{account}"), as_json, lambda console, d: _kv(
+        console, d, ["id", "balance", "arrears", "nonce", "member"]))
+
+
+@cli.group()
+def asset() -> None:
+    """Asset requests, their bond auctions and rentals."""
+
+
+@asset.command("request")
+@click.option("--description", required=True)
+@click.option("--price", type=click.IntRange(1), required=True, help="Purchase price P.")
+@click.option("--rent", type=click.IntRange(1), required=True, help="Rent R per period.")
+@click.option("--term", type=click.IntRange(1), required=True, help="Rental term in periods.")
+@click.option("--maturity", type=click.IntRange(1), required=True,
+              help="Bond maturity in periods (at most the term).")
+@click.option("--max-rate-bps", type=click.IntRange(0), required=True,
+              help="Highest bond rate you accept, basis points per year.")
+@click.option("--enterprise", default=None)
+@click.option("--commit-seconds", type=click.IntRange(1), default=None)
+@click.option("--reveal-seconds", type=click.IntRange(1), default=None)
+@home_option
+@wait_options
+@json_option
+def asset_request(description: str, price: int, rent: int, term: int, maturity: int,
+                  max_rate_bps: int, enterprise: str | None, commit_seconds: int | None,
+                  reveal_seconds: int | None, home: Path | None, wait: bool,
+                  wait_timeout: float, as_json: bool) -> None:
+    """Request an asset with a rental offer; opens its sealed-bid bond auction."""
+    args: dict[str, Any] = {"description": description, "price": price, "rent": rent,
+                            "term": term, "maturity": maturity, "max_rate_bps": max_rate_bps}
+    for k, v in (("enterprise", enterprise), ("commit_seconds", commit_seconds),
+                 ("reveal_seconds", reveal_seconds)):
+        if v is not None:
+            args[k] = v
+    _sign(home, "asset.request", args, wait, wait_timeout, as_json)
+
+
+ASSET_COLUMNS = [("id", "id"), ("description", "description"), ("status", "status"),
+                 ("price", "price"), ("rent", "rent"), ("lessee", "lessee")]
+
+
+@asset.command("list")
+@home_option
+@json_option
+def asset_list(home: Path | None, as_json: bool) -> None:
+    """Every asset with its status."""
+    emit(_get(home, "assets"), as_json,
+         lambda console, rows: _table(console, "Assets", rows, ASSET_COLUMNS))
+
+
+@asset.command("show")
+@click.argument("asset_id")
+@home_option
+@json_option
+def asset_show(asset_id: str, home: Path | None, as_json: bool) -> None:
+    """One asset: request, auction, bond series, rental."""
+
+    def human(console: Console, d: dict[str, Any]) -> None:
+        _kv(console, d)
+        for section in ("auction", "series", "rental"):
+            if isinstance(d.get(section), dict):
+                console.print(f"[bold]{section}[/]")
+                _kv(console, d[section])
+
+    emit(_get(home, f"asset/{asset_id}"), as_json, human)
+
+
+@cli.group()
+def bond() -> None:
+    """Sealed bids in bond auctions, and bond holdings."""
+
+
+@bond.command("bid")
+@click.argument("asset_id")
+@click.option("--amount", type=click.IntRange(1), required=True, help="Face value bid.")
+@click.option("--rate-bps", type=click.IntRange(0), required=True,
+              help="Rate asked, basis points per year.")
+@click.option("--lock", type=click.IntRange(1), default=None,
+              help="Escrowed amount, at least --amount (default: the amount).")
+@home_option
+@wait_options
+@json_option
+def bond_bid(asset_id: str, amount: int, rate_bps: int, lock: int | None, home: Path | None,
+             wait: bool, wait_timeout: float, as_json: bool) -> None:
+    """Commit a sealed bid; the daemon reveals it in the reveal window by itself."""
+    _action(home, "bond_bid", {"asset": asset_id, "amount": amount, "rate_bps": rate_bps,
+                               "lock": lock if lock is not None else amount},
+            wait, wait_timeout, as_json)
+
+
+@bond.command("list")
+@click.option("--asset", "asset_id", default=None, help="Only this asset's series.")
+@click.option("--holder", default=None, help="Only this holder's bonds.")
+@home_option
+@json_option
+def bond_list(asset_id: str | None, holder: str | None, home: Path | None,
+              as_json: bool) -> None:
+    """Bond holdings: face, outstanding principal, rate."""
+    emit(_get(home, "bonds", asset=asset_id, holder=holder), as_json,
+         lambda console, rows: _table(console, "Bonds", rows, [
+             ("asset", "asset"), ("holder", "holder"), ("face", "face"),
+             ("outstanding", "outstanding"), ("rate_bps", "rate (bps)")]))
+
+
+@cli.group()
+def rent() -> None:
+    """Sealed bids in rental re-auctions."""
+
+
+@rent.command("bid")
+@click.argument("asset_id")
+@click.option("--rent", "rent_amount", type=click.IntRange(1), required=True,
+              help="Rent offered per period.")
+@click.option("--term", type=click.IntRange(1), required=True, help="Term in periods.")
+@click.option("--lock", type=click.IntRange(0), default=0, show_default=True,
+              help="Escrowed deposit.")
+@home_option
+@wait_options
+@json_option
+def rent_bid(asset_id: str, rent_amount: int, term: int, lock: int, home: Path | None,
+             wait: bool, wait_timeout: float, as_json: bool) -> None:
+    """Commit a sealed rental bid; the daemon reveals it in the reveal window."""
+    _action(home, "rent_bid", {"asset": asset_id, "rent": rent_amount, "term": term,
+                               "lock": lock}, wait, wait_timeout, as_json)
+
+
+@cli.group()
+def rental() -> None:
+    """Your rentals."""
+
+
+@rental.command("end")
+@click.argument("asset_id")
+@home_option
+@wait_options
+@json_option
+def rental_end(asset_id: str, home: Path | None, wait: bool, wait_timeout: float,
+               as_json: bool) -> None:
+    """End your rental of ASSET after the notice period."""
+    _sign(home, "rental.end", {"asset": asset_id}, wait, wait_timeout, as_json)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--member", default=None, help="Whose dividends (default: yours).")
+@home_option
+@json_option
+@click.pass_context
+def dividends(ctx: click.Context, member: str | None, home: Path | None,
+              as_json: bool) -> None:
+    """Dividends earned per period, and what is still unclaimed."""
+    if ctx.invoked_subcommand is not None:
+        return
+    who = member or id_text(require_key(resolve_paths(home)))
+
+    def human(console: Console, d: dict[str, Any]) -> None:
+        _table(console, f"Dividends of {d['member']}", d["periods"],
+               [("period", "period"), ("amount", "amount"), ("claimed", "claimed")])
+        console.print(f"Unclaimed: {_fmt_amount(d['unclaimed'])}")
+
+    emit(_get(home, "dividends", member=who), as_json, human)
+
+
+@dividends.command("claim")
+@home_option
+@wait_options
+@json_option
+def dividends_claim(home: Path | None, wait: bool, wait_timeout: float, as_json: bool) -> None:
+    """Claim every unclaimed dividend now (the daemon also does it by itself)."""
+    _action(home, "claim", {}, wait, wait_timeout, as_json)
+
+
+@cli.group()
+def proposal() -> None:
+    """Governance: one member, one vote; passes with more than 2/3 of members."""
+
+
+@proposal.command("create")
+@click.option("--title", required=True)
+@click.option("--param", "param", default=None, metavar="NAME=VALUE",
+              help="Change a parameter.")
+@click.option("--expel", default=None, metavar="MEMBER", help="Expel a member.")
+@click.option("--treasury-signers", default=None, metavar="ID,ID,...",
+              help="New treasury signers (with --threshold).")
+@click.option("--threshold", type=click.IntRange(1), default=None)
+@click.option("--change", "change_json", default=None, metavar="JSON",
+              help="Any change as JSON, e.g. '{\"type\": \"upgrade\", ...}'.")
+@click.option("--voting-seconds", type=click.IntRange(1), default=None)
+@home_option
+@wait_options
+@json_option
+def proposal_create(title: str, param: str | None, expel: str | None,
+                    treasury_signers: str | None, threshold: int | None,
+                    change_json: str | None, voting_seconds: int | None, home: Path | None,
+                    wait: bool, wait_timeout: float, as_json: bool) -> None:
+    """Propose a change: exactly one of --param, --expel, --treasury-signers, --change."""
+    changes: list[dict[str, Any]] = []
+    if param is not None:
+        name, sep, value = param.partition("=")
+        if not sep or not value.strip().isdigit():
+            fail("--param takes NAME=VALUE with an integer value", Exit.USAGE)
+        changes.append({"type": "param", "name": name.strip(), "value": int(value)})
+    if expel is not None:
+        changes.append({"type": "expel", "member": expel})
+    if treasury_signers is not None:
+        if threshold is None:
+            fail("--treasury-signers needs --threshold", Exit.USAGE)
+        changes.append({"type": "treasury", "threshold": threshold,
+                        "signers": [s.strip() for s in treasury_signers.split(",") if s]})
+    if change_json is not None:
+        try:
+            obj = json.loads(change_json)
+        except ValueError as exc:
+            fail(f"--change is not JSON: {exc}", Exit.USAGE)
+        if not isinstance(obj, dict):
+            fail("--change must be a JSON object", Exit.USAGE)
+        changes.append(obj)
+    if len(changes) != 1:
+        fail("give exactly one change (--param, --expel, --treasury-signers or --change)",
+             Exit.USAGE)
+    args: dict[str, Any] = {"title": title, "change": changes[0]}
+    if voting_seconds is not None:
+        args["voting_seconds"] = voting_seconds
+    _sign(home, "proposal.create", args, wait, wait_timeout, as_json)
+
+
+@proposal.command("vote")
+@click.argument("proposal_id")
+@click.option("--yes/--no", "yes", required=True, help="Your vote.")
+@home_option
+@wait_options
+@json_option
+def proposal_vote(proposal_id: str, yes: bool, home: Path | None, wait: bool,
+                  wait_timeout: float, as_json: bool) -> None:
+    """Vote on PROPOSAL_ID."""
+    _sign(home, "proposal.vote", {"proposal": proposal_id, "yes": yes}, wait, wait_timeout,
+          as_json)
+
+
+@proposal.command("list")
+@home_option
+@json_option
+def proposal_list(home: Path | None, as_json: bool) -> None:
+    """Proposals with their tallies and status."""
+    emit(_get(home, "proposals"), as_json, lambda console, rows: _table(
+        console, "Proposals", rows, [("id", "id"), ("title", "title"), ("type", "type"),
+                                     ("status", "status"), ("yes", "yes"), ("no", "no")]))
+
+
+@cli.group()
+def block() -> None:
+    """Committed blocks."""
+
+
+@block.command("show")
+@click.argument("height", default="latest")
+@home_option
+@json_option
+def block_show(height: str, home: Path | None, as_json: bool) -> None:
+    """Block HEIGHT (default: the latest) with its transactions."""
+    if height != "latest" and not height.isdigit():
+        fail("HEIGHT is a block number or 'latest'", Exit.USAGE)
+
+    def human(console: Console, d: dict[str, Any]) -> None:
+        _kv(console, d, ["height", "hash", "time_ms", "proposer", "state_root", "prev_hash"])
+        _table(console, "Transactions", d["txs"], [("id", "id"), ("kind", "kind"),
+                                                   ("signer", "signer")])
+
+    emit(_get(home, f"block/{height}"), as_json, human)
+
+
+@cli.group()
+def tx() -> None:
+    """Transactions."""
+
+
+@tx.command("show")
+@click.argument("txid")
+@home_option
+@json_option
+def tx_show(txid: str, home: Path | None, as_json: bool) -> None:
+    """A transaction: its status (pending, committed, rejected), block and result."""
+
+    def human(console: Console, d: dict[str, Any]) -> None:
+        _kv(console, d, ["id", "status", "kind", "signer", "nonce", "height", "index",
+                         "reason"])
+        for k, v in sorted((d.get("args") or {}).items()):
+            console.print(f"{'args.' + k:>18}: {v}", markup=False)
+        for k, v in sorted((d.get("result") or {}).items()):
+            console.print(f"{'result.' + k:>18}: {v}", markup=False)
+
+    emit(_get(home, f"tx/{txid}"), as_json, human)
+
+
 if __name__ == "__main__":
     main()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -134,6 +134,10 @@ class Mempool:
         while n + 1 in chain:
             n += 1
         return n
+
+    def verified_ids(self) -> Collection[bytes]:
+        """Ids whose signatures were verified here (a live view, for block checks)."""
+        return self._by_id.keys()
 
     def refused_reason(self, txid: bytes) -> str | None:
         return self._refused.get(txid)

@@ -1,0 +1,447 @@
+"""`commune daemon`: one member's node, from start-up recovery to a clean stop.
+
+Lifecycle, with trio's structured concurrency (every task lives in one nursery, so
+when anything fails or a signal arrives, everything stops together and nothing
+outlives the daemon):
+
+1. Start-up: read the config, take the data directory's lock (one daemon per home;
+   an advisory lock the kernel drops if the process dies, so `kill -9` leaves nothing
+   to clean up), load the genesis and the key, open the ledger (SQLite: it recovers
+   its own journal), open the signing log and recover its valid prefix. Any problem
+   here is a `DaemonError` with a message saying what to do, before the node talks
+   to anyone.
+2. Run: the libp2p network, the consensus driver (engine, timers, block sync), the
+   member's own automatic actions, the control API on loopback (and the metrics
+   endpoint if enabled). Once the API listens, its address goes to `api.json`.
+3. Stop on SIGINT/SIGTERM: cancel the nursery. Ledger commits and signing-log appends
+   are synchronous, so a cancellation never lands in the middle of one; the API
+   stops, connections close, `api.json` is removed, the lock is released.
+
+Crash recovery needs no special path: after `kill -9` the ledger holds every block it
+said it committed, the signing log holds everything that was sent, the engine starts
+at the height after the ledger's with those records, and block sync fetches whatever
+the others committed meanwhile.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node import api, config, logs
+from node.config import Config, ConfigError, Paths
+from node.driver import Driver, Hooks, now_ms, sync_protocol, topics
+from node.logs import get_logger
+from node.mempool import Mempool
+from node.metrics import Metrics
+from node.signing_log import SigningLog, SigningLogError
+from protocol.consensus_types import EngineConfig, RecordError, SignedRecord
+from protocol.crypto import IdError, SigningKey, id_text, parse_id
+from protocol.schema import Field, SchemaError, Struct
+from protocol.transactions import TX_KINDS, TxError, make_tx
+
+log = get_logger("daemon")
+
+
+class DaemonError(Exception):
+    """The daemon cannot start (or must stop); the message says what to do.
+
+    `kind` matches the client's error kinds so the CLI maps both to the same exit codes.
+    """
+
+    def __init__(self, message: str, kind: str = "failed") -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+
+
+# ---- the data directory lock ----------------------------------------------------------
+
+
+class HomeLock:
+    """An exclusive advisory lock on `daemon.pid`, holding our pid while we run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            other = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise DaemonError(f"another daemon is already running for {self.path.parent}"
+                                  f" (pid {other or '?'}); stop it first", "exists") from None
+            raise DaemonError(f"cannot lock {self.path}: {exc}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                self.path.unlink(missing_ok=True)
+            finally:
+                os.close(self._fd)  # closing drops the lock
+                self._fd = None
+
+
+# ---- JSON <-> transaction arguments ------------------------------------------------------
+
+
+def args_from_json(kind: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """Transaction arguments from their JSON form: ids as "z...", other bytes as hex.
+
+    Driven by the kind's declared schema, so every kind works without a special case;
+    the schema validation in `make_tx` then reports any remaining problem by field.
+    """
+    struct = TX_KINDS.get(kind)
+    if struct is None:
+        raise api.bad_request(f"unknown transaction kind {kind!r}; one of: "
+                              + ", ".join(sorted(TX_KINDS)))
+    return _struct_from_json(struct, args, "args")
+
+
+def _struct_from_json(struct: Struct, obj: Any, path: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise api.bad_request(f"{path} must be an object")
+    out: dict[str, Any] = {}
+    for name, value in obj.items():
+        spec = struct.fields.get(name)
+        out[name] = value if spec is None else _field_from_json(spec, value, f"{path}.{name}")
+    return out
+
+
+def _field_from_json(spec: Field, value: Any, path: str) -> Any:
+    if spec.kind == "bytes" and isinstance(value, str):
+        if value.startswith("z") and spec.min == spec.max == 32:
+            try:
+                return parse_id(value)
+            except IdError as exc:
+                raise api.bad_request(f"{path}: {exc}") from None
+        try:
+            return bytes.fromhex(value)
+        except ValueError:
+            raise api.bad_request(f"{path}: expected hex (or a 'z...' id)") from None
+    if spec.kind in ("list", "unique_list") and isinstance(value, list) and spec.item:
+        return [_field_from_json(spec.item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if spec.kind == "struct" and spec.struct is not None:
+        return _struct_from_json(spec.struct, value, path)
+    if spec.kind == "tagged" and spec.variants is not None and isinstance(value, dict):
+        variant = spec.variants.get(str(value.get(spec.tag or "")))
+        if variant is None:
+            return value
+        rest = {k: v for k, v in value.items() if k != spec.tag}
+        return {spec.tag: value[spec.tag], **_struct_from_json(variant, rest, path)}
+    return value
+
+
+# ---- the node ----------------------------------------------------------------------------
+
+
+@dataclass
+class Started:
+    """What a started daemon reports (for tests and the devnet)."""
+
+    api_url: str
+    peer_id: str
+    listen: list[str]
+
+
+class Node:
+    """Everything one daemon holds; implements the control API's `Backend`."""
+
+    def __init__(self, paths: Paths, cfg: Config, key: SigningKey, genesis: Any,
+                 ledger: Any, signing_log: SigningLog, records: list[SignedRecord]) -> None:
+        from node.net import Network  # libp2p is heavy to import: only the daemon needs it
+
+        self.paths = paths
+        self.config = cfg
+        self.key = key
+        self.genesis = genesis
+        self.ledger = ledger
+        self.chain_id: bytes = genesis.chain_id
+        self.metrics = Metrics()
+        self.mempool = Mempool(self.chain_id, LedgerAdapter(ledger))
+        params = genesis.params
+        engine_config = EngineConfig(
+            chain_id=self.chain_id,
+            empty_block_interval_ms=int(params["empty_block_interval"]) * 1000,
+            max_clock_drift_ms=int(params["max_clock_drift"]) * 1000,
+        )
+        self.hooks = Hooks()
+        tx_topic, consensus_topic = topics(self.chain_id)
+        bootstrap = list(cfg.bootstrap) + genesis_bootstrap(genesis, key.public)
+        self.net = Network(
+            key.seed(), list(cfg.listen), bootstrap,
+            topics=[tx_topic, consensus_topic],
+            validators={tx_topic: self._validate_tx, consensus_topic: self._validate_consensus},
+            request_handlers={sync_protocol(self.chain_id): self._serve_sync},
+        )
+        self.driver = Driver(key=key, ledger=ledger, mempool=self.mempool, net=self.net,
+                             signing_log=signing_log, records=records,
+                             engine_config=engine_config, metrics=self.metrics,
+                             genesis_time_ms=genesis.genesis_time_ms, hooks=self.hooks)
+        from node.actions import Actions
+
+        self.actions = Actions(self)
+        self.started_at = time.time()
+        self.api_url = ""
+
+    async def _serve_sync(self, peer_id: str, data: bytes) -> bytes:
+        return await self.driver.serve_sync(peer_id, data)
+
+    def _validate_tx(self, origin: str, data: bytes) -> bool:
+        return self.driver.validate_tx_gossip(origin, data)
+
+    def _validate_consensus(self, origin: str, data: bytes) -> bool:
+        return self.driver.validate_consensus_gossip(origin, data)
+
+    # ---- Backend -------------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        d = self.driver.status()
+        return {
+            "member": id_text(self.key.public), "peer_id": self.net.peer_id,
+            "chain_id": self.chain_id.hex(), "commune": self.genesis.name,
+            "listen": self.net.listen_addrs, "peers": len(self.net.peers()),
+            "uptime_seconds": int(time.time() - self.started_at),
+            "pid": os.getpid(), **d,
+            "last_block": self._last_block_info(),
+        }
+
+    def _last_block_info(self) -> dict[str, Any] | None:
+        h = self.ledger.height
+        if h == 0:
+            return None
+        b = self.ledger.block(h)
+        return {"height": h, "hash": b.hash().hex(), "time_ms": b.header.time_ms,
+                "txs": len(b.txs), "state_root": b.header.state_root.hex()}
+
+    async def peers(self) -> list[dict[str, Any]]:
+        return [{"peer_id": p.peer_id, "addrs": list(p.addrs), "score": p.score,
+                 "height": self.driver.sync.peer_heights.get(p.peer_id)}
+                for p in self.net.peers()]
+
+    async def query(self, name: str, params: Mapping[str, str]) -> Any:
+        from node import queries
+
+        return queries.run(self, name, params)
+
+    async def submit(self, raw: bytes) -> dict[str, Any]:
+        result = await self.driver.submit_and_gossip(raw)
+        if result.status == "rejected":
+            raise api.rejected(result.reason or "rejected", {"id": result.txid.hex()})
+        return {"id": result.txid.hex(), "status": "pending",
+                "known": result.status == "known"}
+
+    async def sign_and_submit(self, kind: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        tx_args = args_from_json(kind, args)
+        return await self.sign_args(kind, tx_args)
+
+    async def sign_args(self, kind: str, tx_args: dict[str, Any]) -> dict[str, Any]:
+        """Sign with the member's key at the next free nonce and submit."""
+        nonce = self.mempool.pending_nonce(self.key.public) + 1
+        try:
+            tx = make_tx(self.key, self.chain_id, kind, nonce, tx_args)
+        except (SchemaError, TxError) as exc:
+            raise api.bad_request(str(exc)) from None
+        out = await self.submit(tx.raw)
+        out.update({"kind": kind, "nonce": nonce, "signer": id_text(self.key.public)})
+        return out
+
+    async def action(self, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        from node import actions
+
+        return await actions.run_action(self, name, body)
+
+    async def wait_tx(self, txid: bytes, timeout: float) -> dict[str, Any]:
+        deadline = trio.current_time() + timeout
+        while True:
+            found = self.tx_status(txid)
+            if found["status"] != "pending" or trio.current_time() >= deadline:
+                return found
+            with trio.move_on_at(deadline):
+                await self.driver.commit_happened()
+
+    def tx_status(self, txid: bytes) -> dict[str, Any]:
+        from node import queries
+
+        return queries.tx_status(self, txid)
+
+
+class LedgerAdapter:
+    """The mempool's view of the ledger (`node.mempool.LedgerView`).
+
+    The ledger checks a transaction against the committed state, so it can judge only
+    the signer's next nonce; a transaction queued behind others of the same signer is
+    admitted on its structure and signature, and judged fully when its turn comes (the
+    mempool rechecks after each commit, the block builder skips what fails).
+    """
+
+    def __init__(self, ledger: Any) -> None:
+        self.ledger = ledger
+
+    def account_nonce(self, account: bytes) -> int:
+        return int(self.ledger.next_nonce(account)) - 1
+
+    def check_tx(self, tx: Any, pending_nonce: int) -> str | None:
+        if tx.nonce != self.ledger.next_nonce(tx.signer):
+            return None
+        time_ms = max(now_ms(), self.ledger.last_time_ms + 1)
+        reason = self.ledger.check_tx(tx, time_ms=time_ms, signature_checked=True)
+        return None if reason is None else str(reason)
+
+
+def genesis_bootstrap(genesis: Any, me: bytes) -> list[str]:
+    """Founders' addresses from the genesis, with their peer ids (our own left out)."""
+    from node.net import peer_id_from_public_key
+
+    out = []
+    for f in genesis.founders:
+        if f.id == me or not f.address:
+            continue
+        addr = f.address
+        if "/p2p/" not in addr:
+            addr = f"{addr}/p2p/{peer_id_from_public_key(f.id)}"
+        out.append(addr)
+    return out
+
+
+# ---- start-up ------------------------------------------------------------------------------
+
+
+def load_config(paths: Paths) -> Config:
+    if not paths.home.is_dir():
+        raise DaemonError(f"no data directory at {paths.home}; create it with "
+                          f"`commune init --home {paths.home}`", "not_found")
+    try:
+        return config.load_config(paths.config, paths.home)
+    except ConfigError as exc:
+        raise DaemonError(str(exc), "not_found" if "no config file" in str(exc)
+                          else "usage") from None
+
+
+def load_genesis(paths: Paths) -> Any:
+    from ledger.genesis import Genesis, GenesisError
+
+    if not paths.genesis.exists():
+        raise DaemonError(f"no genesis at {paths.genesis}; create or import one with "
+                          "`commune genesis`", "not_found")
+    try:
+        return Genesis.load(str(paths.genesis))
+    except (GenesisError, OSError) as exc:
+        raise DaemonError(f"cannot load {paths.genesis}: {exc}") from None
+
+
+def open_ledger(paths: Paths, genesis: Any) -> Any:
+    from ledger.ledger import Ledger
+
+    try:
+        return Ledger.open(str(paths.db), genesis)
+    except Exception as exc:
+        raise DaemonError(f"cannot open the ledger {paths.db}: {exc}") from None
+
+
+def open_signing_log(paths: Paths) -> tuple[SigningLog, list[SignedRecord]]:
+    try:
+        signing_log, recovery = SigningLog.open(paths.sign_log)
+    except SigningLogError as exc:
+        raise DaemonError(str(exc)) from None
+    if recovery.dropped_bytes:
+        level = log.error if recovery.reason == "checksum mismatch" else log.warning
+        level("signing_log_tail_dropped", bytes=recovery.dropped_bytes, reason=recovery.reason)
+    records = []
+    for i, raw in enumerate(recovery.records):
+        try:
+            records.append(SignedRecord.decode(raw))
+        except RecordError as exc:
+            signing_log.close()
+            raise DaemonError(f"signing log {paths.sign_log} record {i} is corrupt ({exc}); "
+                              "refusing to sign anything until it is inspected") from None
+    return signing_log, records
+
+
+async def run(home: Path, key: SigningKey, *, shutdown: trio.Event | None = None,
+              task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the daemon of data directory `home` until cancelled, signalled or `shutdown`."""
+    paths = Paths(home)
+    cfg = load_config(paths)
+    logs.setup(cfg.log_level, paths.logs)
+    lock = HomeLock(paths.pid)
+    lock.acquire()
+    signing_log = None
+    ledger = None
+    try:
+        genesis = load_genesis(paths)
+        if key.public not in genesis.founder_ids():
+            log.info("not_a_founder", member=id_text(key.public))
+        ledger = open_ledger(paths, genesis)
+        signing_log, records = open_signing_log(paths)
+        node = Node(paths, cfg, key, genesis, ledger, signing_log, records)
+        log.info("starting", member=id_text(key.public), height=ledger.height,
+                 chain_id=node.chain_id.hex(), signed_records=len(records))
+        await _serve(node, paths, cfg, shutdown, task_status)
+    finally:
+        paths.api_endpoint.unlink(missing_ok=True)
+        if signing_log is not None:
+            signing_log.close()
+        if ledger is not None and hasattr(ledger, "close"):
+            ledger.close()
+        lock.release()
+        log.info("stopped")
+
+
+async def _serve(node: Node, paths: Paths, cfg: Config, shutdown: trio.Event | None,
+                 task_status: Any) -> None:
+    token = api.ensure_token(paths.token)
+    app = api.create_app(node, token, node.metrics)
+    stop = shutdown or trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, stop)
+        await nursery.start(node.net.run)
+        tx_topic, consensus_topic = topics(node.chain_id)
+        await nursery.start(node.driver.run, node.net.subscribe(tx_topic),
+                            node.net.subscribe(consensus_topic))
+        from node import actions
+
+        nursery.start_soon(actions.run, node)
+        host, port = await nursery.start(api.serve_app, app, cfg.api_host, cfg.api_port, stop)
+        if cfg.metrics_enabled:
+            await nursery.start(lambda task_status: api.serve_app(
+                api.metrics_app(node.metrics), cfg.metrics_host, cfg.metrics_port, stop,
+                task_status=task_status, loopback_only=False))
+        node.api_url = api.base_url(host, port)
+        api.write_endpoint(paths.api_endpoint, host, port)
+        log.info("ready", api=node.api_url, peer_id=node.net.peer_id,
+                 listen=node.net.listen_addrs)
+        task_status.started(Started(node.api_url, node.net.peer_id, node.net.listen_addrs))
+        await stop.wait()
+        log.info("stopping")
+        nursery.cancel_scope.cancel()
+
+
+async def _watch_signals(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("signal", signal=signal.Signals(signum).name)
+            stop.set()
+            return
+
+
+def main(home: Path, key: SigningKey) -> None:
+    """Blocking entry point for `commune daemon`; raises DaemonError on start-up failure."""
+    trio.run(run, home, key)

@@ -1,0 +1,644 @@
+"""The shell around the consensus engine: real timers, gossip in, effects out.
+
+The engine (`protocol/consensus.py`) and the block-sync machine (`protocol/sync.py`)
+decide everything; this module only carries out what they ask, with real I/O:
+
+- every engine input goes through one queue consumed by one task (`_consensus_loop`),
+  so the engine sees one call at a time and its effects run in the order returned;
+- `PersistSigned` records go to the signing log (one fsync per batch) *before* any
+  later effect of the same batch runs -- in particular before the signed message is
+  broadcast (DESIGN 5: no double signing across crashes);
+- timers are trio tasks that feed `Timeout`s back into the queue;
+- `RequestProposal` builds a block from the mempool through the ledger,
+  `ValidateBlock` asks the ledger, `Commit` commits through the ledger (durably, in
+  one SQLite transaction) and starts the next height;
+- block sync runs beside consensus: peers' heights come from a status exchange on the
+  sync request/response protocol (every few seconds, and at once when the engine says
+  we are `Behind`), blocks come back with their certificates, and each is applied
+  through the same commit path as a consensus decision.
+
+Nothing here relies on a single gossip message arriving: the engine rebroadcasts
+its own messages, the mempool is re-gossiped, and whatever consensus misses, sync
+fetches by request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from node.logs import get_logger
+from node.mempool import AddResult, Mempool
+from node.metrics import Metrics
+from node.signing_log import SigningLog
+from protocol.block import MAX_BLOCK_BYTES, Block
+from protocol.consensus import ConsensusEngine
+from protocol.consensus_types import (
+    Behind,
+    Broadcast,
+    Commit,
+    Effect,
+    EngineConfig,
+    EvidenceFound,
+    PersistSigned,
+    RequestProposal,
+    ScheduleTimeout,
+    SignedRecord,
+    Timeout,
+    ValidateBlock,
+)
+from protocol.crypto import SigningKey
+from protocol.proposal import MessageError, Proposal, decode_message, encode_message
+from protocol.sync import (
+    ApplyBlock,
+    BlockSync,
+    DropPeer,
+    SendSyncRequest,
+    SyncConfig,
+    SyncEffect,
+    SyncError,
+    SyncRequest,
+    SyncResponse,
+    SyncStatus,
+    decode_sync_message,
+    encode_sync_message,
+    serve,
+)
+from protocol.transactions import Transaction, TxError, decode_tx
+from protocol.votes import Certificate, Evidence, ValidatorSet, Vote
+
+log = get_logger("driver")
+
+MAX_BLOCK_TXS = 2_000
+"""Transactions per proposed block: keeps building, validating and applying a block
+well under a second, which is what commit latency is made of."""
+MAX_PROPOSAL_TX_BYTES = MAX_BLOCK_BYTES - 256 * 1024
+MAX_PENDING_EVIDENCE = 50
+INPUT_QUEUE = 4096
+STATUS_INTERVAL = 2.0
+"""Seconds between status exchanges with each peer (block sync's view of heights)."""
+SYNC_TICK = 0.5
+REGOSSIP_INTERVAL = 3.0
+"""A pending transaction not included for this long is gossiped again."""
+SIGN_LOG_COMPACT_BYTES = 1 << 20
+SYNC_REQUEST_TIMEOUT = 10.0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def topics(chain_id: bytes) -> tuple[str, str]:
+    """(transactions topic, consensus topic) of one commune: per chain, so communes on
+    one network never see each other's traffic."""
+    prefix = f"/venture-commune/{chain_id.hex()}"
+    return f"{prefix}/txs/1", f"{prefix}/consensus/1"
+
+
+def sync_protocol(chain_id: bytes) -> str:
+    return f"/venture-commune/{chain_id.hex()[:32]}/sync/1.0.0"
+
+
+class LedgerLike(Protocol):
+    """What the driver needs from `ledger.ledger.Ledger` (see that module)."""
+
+    chain_id: bytes
+    height: int
+
+    def validators_at(self, height: int) -> ValidatorSet: ...
+
+    def build_block(self, txs: Sequence[Transaction], time_ms: int, proposer: bytes,
+                    last_commit: Certificate | None, evidence: Sequence[Evidence] = (),
+                    verified: Collection[bytes] = ()
+                    ) -> tuple[Block, list[tuple[bytes, str]]]: ...
+
+    def check_block(self, block: Block, verified: Collection[bytes] = ()) -> None: ...
+
+    def commit(self, block: Block, certificate: Certificate) -> None: ...
+
+    def block(self, height: int) -> Block | None: ...
+
+    def certificate(self, height: int) -> Certificate | None: ...
+
+
+class NetLike(Protocol):
+    """What the driver needs from `node.net.Network`."""
+
+    @property
+    def peer_id(self) -> str: ...
+
+    def peers(self) -> Sequence[Any]: ...
+
+    async def publish(self, topic: str, data: bytes) -> None: ...
+
+    async def request(self, peer_id: str, protocol_id: str, data: bytes,
+                      timeout: float = 10.0, max_response_size: int | None = None) -> bytes: ...
+
+    def penalize(self, peer_id: str, reason: str, weight: float = 1.0) -> None: ...
+
+
+@dataclass
+class Hooks:
+    """Callbacks for the rest of the node (actions, API waiters) after each commit."""
+
+    committed: list[Callable[[Block], None]] = field(default_factory=list)
+
+
+class Driver:
+    """Feeds one consensus engine from the network, timers and the mempool."""
+
+    def __init__(self, *, key: SigningKey, ledger: LedgerLike, mempool: Mempool,
+                 net: NetLike, signing_log: SigningLog, records: Sequence[SignedRecord],
+                 engine_config: EngineConfig, metrics: Metrics | None = None,
+                 genesis_time_ms: int, hooks: Hooks | None = None) -> None:
+        self.key = key
+        self.ledger = ledger
+        self.mempool = mempool
+        self.net = net
+        self.signing_log = signing_log
+        self.metrics = metrics or Metrics()
+        self.hooks = hooks or Hooks()
+        self.chain_id = ledger.chain_id
+        self.genesis_time_ms = genesis_time_ms
+        self.engine = ConsensusEngine(engine_config, key, records)
+        self._records: list[SignedRecord] = list(records)
+        self.tx_topic, self.consensus_topic = topics(self.chain_id)
+        self.sync_protocol = sync_protocol(self.chain_id)
+        h = ledger.height
+        self.sync = BlockSync(self.chain_id, h, self._block_hash(h),
+                              ledger.validators_at(h + 1), SyncConfig())
+        self._inputs_send, self._inputs = trio.open_memory_channel[tuple[str, Any]](INPUT_QUEUE)
+        self._nursery: trio.Nursery | None = None
+        self._evidence: dict[bytes, Evidence] = {}
+        self._commit_event = trio.Event()
+        self._status_wakeup = trio.Event()
+        self._last_commit_wall: float | None = None
+        self.started = trio.Event()
+        self.fatal: BaseException | None = None
+
+    # ---- public ------------------------------------------------------------------------
+
+    @property
+    def height(self) -> int:
+        return self.ledger.height
+
+    def status(self) -> dict[str, Any]:
+        e = self.engine
+        t = now_ms()
+        return {"height": self.ledger.height, "consensus_height": e.height,
+                "round": e.round, "step": e.step.value, "is_validator": e.is_validator,
+                "validators": e.validators.size, "syncing": self.sync.is_syncing(t),
+                "sync_target": self.sync.target(t), "mempool_txs": len(self.mempool),
+                "mempool_bytes": self.mempool.size_bytes,
+                "pending_evidence": len(self._evidence)}
+
+    async def commit_happened(self) -> None:
+        """Return at the next commit (of any height)."""
+        await self._commit_event.wait()
+
+    def submit(self, raw: bytes, source: str = "api") -> AddResult:
+        """Admit a transaction (API or gossip); wakes the engine when blocks can be made."""
+        result = self.mempool.add(raw, time.monotonic(), source)
+        m = self.metrics
+        if result.status == "added":
+            m.mempool_admitted.labels(source).inc()
+            self._notify_txs()
+        elif result.status == "rejected":
+            m.mempool_rejected.labels(_reason_label(result.reason or "")).inc()
+        m.mempool_txs.set(len(self.mempool))
+        m.mempool_bytes.set(self.mempool.size_bytes)
+        return result
+
+    async def submit_and_gossip(self, raw: bytes) -> AddResult:
+        result = self.submit(raw, "api")
+        if result.status == "added":
+            self.mempool.mark_gossiped(result.txid, time.monotonic())
+            await self._publish(self.tx_topic, raw)
+        return result
+
+    # ---- gossip validators (synchronous: run inside the pubsub task) --------------------
+
+    def validate_tx_gossip(self, origin: str, data: bytes) -> bool:
+        """Admit gossiped transactions on the spot (one signature check, in the mempool).
+
+        Returns False -- drop and penalize the forwarder -- only for what no honest node
+        forwards: undecodable or wrongly signed bytes. A transaction the ledger refuses
+        for now (a nonce race, a balance) is not the forwarder's fault.
+        """
+        result = self.submit(data, "gossip")
+        if result.ok:
+            self.mempool.mark_gossiped(result.txid, time.monotonic())
+            return True
+        reason = result.reason or ""
+        bad = reason.startswith("bad signature") or _is_malformed(reason)
+        self.metrics.gossip_in.labels("txs", "invalid" if bad else "refused").inc()
+        return not bad
+
+    def validate_consensus_gossip(self, origin: str, data: bytes) -> bool:
+        """Structure and signature; whether the signer votes at that height is the engine's."""
+        try:
+            msg = decode_message(data)
+        except MessageError:
+            self.metrics.gossip_in.labels("consensus", "invalid").inc()
+            return False
+        if isinstance(msg, Evidence):
+            try:
+                msg.check(self.chain_id)
+            except ValueError:
+                ok = False
+            else:
+                ok = True
+        else:
+            ok = msg.verify(self.chain_id)
+        if not ok:
+            self.metrics.gossip_in.labels("consensus", "invalid").inc()
+        return ok
+
+    # ---- running -----------------------------------------------------------------------
+
+    async def run(self, tx_channel: trio.MemoryReceiveChannel[tuple[str, bytes]],
+                  consensus_channel: trio.MemoryReceiveChannel[tuple[str, bytes]],
+                  task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._consensus_loop)
+            nursery.start_soon(self._drain_txs, tx_channel)
+            nursery.start_soon(self._consensus_gossip, consensus_channel)
+            nursery.start_soon(self._status_loop)
+            nursery.start_soon(self._sync_ticker)
+            nursery.start_soon(self._regossip_loop)
+            self._put("start", None)
+            await self.started.wait()
+            task_status.started()
+
+    def _put(self, kind: str, payload: Any) -> None:
+        try:
+            self._inputs_send.send_nowait((kind, payload))
+        except trio.WouldBlock:
+            # Only gossip and hints are ever dropped here: timers and answers are
+            # re-created by the engine's own rebroadcast and timeouts, and sync re-asks.
+            log.warning("consensus_queue_full", kind=kind)
+
+    def _notify_txs(self) -> None:
+        self._put("txs", None)
+
+    # ---- the consensus task -------------------------------------------------------------
+
+    async def _consensus_loop(self) -> None:
+        async for kind, payload in self._inputs:
+            t = now_ms()
+            e = self.engine
+            effects: list[Effect]
+            if kind == "start":
+                effects = self._start_height(t)
+                self.started.set()
+            elif kind == "msg":
+                effects = e.on_message(t, payload)
+            elif kind == "timeout":
+                effects = e.on_timeout(t, payload)
+            elif kind == "txs":
+                effects = e.on_txs_available(t, self.mempool_has_ready())
+            elif kind == "sync":
+                await self._run_sync_effects(payload)
+                effects = []
+            elif kind == "sync_response":
+                peer, resp = payload
+                await self._run_sync_effects(self.sync.on_response(t, peer, resp))
+                effects = []
+            else:  # pragma: no cover
+                raise AssertionError(kind)
+            await self._execute(effects)
+            self.metrics.round.set(e.round)
+
+    def mempool_has_ready(self) -> bool:
+        return bool(self.mempool.reap(1, MAX_PROPOSAL_TX_BYTES))
+
+    def _start_height(self, t: int) -> list[Effect]:
+        h = self.ledger.height
+        vs = self.ledger.validators_at(h + 1)
+        prev_hash, prev_time = self._prev(h)
+        self.metrics.validators.set(vs.size)
+        self.metrics.is_validator.set(1 if self.key.public in vs else 0)
+        self.metrics.height.set(h)
+        return self.engine.start_height(t, h + 1, vs, prev_hash, prev_time,
+                                        txs_available=self.mempool_has_ready())
+
+    def _prev(self, h: int) -> tuple[bytes, int]:
+        if h == 0:
+            return self.chain_id, self.genesis_time_ms
+        block = self.ledger.block(h)
+        assert block is not None, f"ledger lacks its own block {h}"
+        return block.hash(), block.header.time_ms
+
+    def _block_hash(self, h: int) -> bytes:
+        return self._prev(h)[0]
+
+    async def _execute(self, effects: list[Effect]) -> None:
+        queue: deque[Effect] = deque(effects)
+        records: list[SignedRecord] = []
+        while queue:
+            eff = queue.popleft()
+            if isinstance(eff, PersistSigned):
+                records.append(eff.record)
+                continue
+            if records:
+                self._persist(records)
+                records = []
+            if isinstance(eff, Broadcast):
+                await self._publish(self.consensus_topic, eff.raw)
+            elif isinstance(eff, ScheduleTimeout):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._timer, eff.timeout, eff.delay_ms)
+            elif isinstance(eff, RequestProposal):
+                queue.extend(self._build_proposal(eff))
+            elif isinstance(eff, ValidateBlock):
+                queue.extend(self._validate(eff.block))
+            elif isinstance(eff, Commit):
+                queue.extend(await self._commit(eff.block, eff.certificate, "consensus"))
+            elif isinstance(eff, EvidenceFound):
+                self._add_evidence(eff.evidence)
+                await self._publish(self.consensus_topic, encode_message(eff.evidence))
+            elif isinstance(eff, Behind):
+                self._status_wakeup.set()
+            else:  # pragma: no cover
+                raise AssertionError(f"unknown effect {eff!r}")
+        if records:
+            self._persist(records)
+
+    def _persist(self, records: list[SignedRecord]) -> None:
+        """Durable before anything that follows: a failure here stops the node."""
+        self.signing_log.append_many([r.encode() for r in records])
+        self._records.extend(records)
+        for r in records:
+            self.metrics.signed.labels(r.step.value).inc()
+        self.metrics.sign_log_bytes.set(self.signing_log.size)
+
+    async def _timer(self, timeout: Timeout, delay_ms: int) -> None:
+        await trio.sleep(delay_ms / 1000)
+        self._put("timeout", timeout)
+
+    def _build_proposal(self, req: RequestProposal) -> list[Effect]:
+        h = req.height
+        if h != self.ledger.height + 1:
+            return []
+        txs = self.mempool.reap(MAX_BLOCK_TXS, MAX_PROPOSAL_TX_BYTES)
+        evidence = sorted(self._evidence.values(), key=lambda ev: ev.hash())
+        evidence = evidence[:MAX_PENDING_EVIDENCE]
+        last_commit = self.ledger.certificate(h - 1) if h > 1 else None
+        try:
+            block, skipped = self.ledger.build_block(
+                txs, req.time_ms, self.key.public, last_commit, evidence,
+                verified={tx.id for tx in txs})
+        except Exception as exc:  # e.g. our clock is behind the last block: skip the round
+            log.warning("proposal_not_built", height=h, round=req.round, error=exc)
+            return []
+        for txid, reason in skipped:
+            self.mempool.drop([txid], reason)
+        log.debug("proposal_built", height=h, round=req.round, txs=len(block.txs),
+                  skipped=len(skipped))
+        return self.engine.on_proposal_ready(now_ms(), h, req.round, block)
+
+    def _check_block(self, block: Block) -> str | None:
+        """The ledger's verdict; transactions our mempool verified are not verified again."""
+        try:
+            self.ledger.check_block(block, verified=self.mempool.verified_ids())
+        except Exception as exc:  # BlockRejected, or anything else: not a block we accept
+            return getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+        return None
+
+    def _validate(self, block: Block) -> list[Effect]:
+        reason = self._check_block(block)
+        if reason is not None:
+            log.warning("block_refused", height=block.height, reason=reason,
+                        proposer=block.header.proposer)
+        return self.engine.on_block_verdict(now_ms(), block.hash(), reason is None,
+                                            reason or "")
+
+    async def _commit(self, block: Block, cert: Certificate, source: str) -> list[Effect]:
+        h = block.height
+        if h != self.ledger.height + 1:
+            return []  # sync got there first
+        self.ledger.commit(block, cert)
+        self._after_commit(block, source)
+        effects = self._start_height(now_ms())
+        # Sync learns every commit, whichever path produced it.
+        sync_effects = self.sync.on_applied(now_ms(), h, block.hash(),
+                                            self.ledger.validators_at(h + 1))
+        await self._run_sync_effects(sync_effects)
+        return effects
+
+    def _after_commit(self, block: Block, source: str) -> None:
+        h = block.height
+        txs: list[Transaction] = []
+        for raw in block.txs:
+            try:
+                txs.append(decode_tx(raw))
+            except TxError:  # pragma: no cover - the ledger committed it, so it decodes
+                continue
+        now = time.monotonic()
+        for tx in txs:
+            added = self.mempool.added_at(tx.id)
+            if added is not None:
+                self.metrics.commit_latency.observe(max(0.0, now - added))
+        period_closed = False  # the ledger may say so; a full recheck is cheap enough
+        dropped = self.mempool.block_committed(txs, recheck_all=period_closed or not txs)
+        for ev in block.evidence:
+            self._evidence.pop(ev.hash(), None)
+        m = self.metrics
+        m.blocks.inc()
+        m.block_txs.inc(len(txs))
+        m.height.set(h)
+        m.mempool_txs.set(len(self.mempool))
+        m.mempool_bytes.set(self.mempool.size_bytes)
+        if self._last_commit_wall is not None:
+            m.block_interval.observe(now - self._last_commit_wall)
+        self._last_commit_wall = now
+        log.info("commit", height=h, hash=block.hash(), txs=len(txs), source=source,
+                 dropped=len(dropped))
+        self._compact_signing_log(h)
+        for hook in self.hooks.committed:
+            try:
+                hook(block)
+            except Exception:
+                log.exception("commit_hook_failed", height=h)
+        event, self._commit_event = self._commit_event, trio.Event()
+        event.set()
+
+    def _compact_signing_log(self, committed: int) -> None:
+        """Records of committed heights are never needed again (the engine starts above)."""
+        self._records = [r for r in self._records if r.height > committed]
+        if self.signing_log.size > SIGN_LOG_COMPACT_BYTES:
+            self.signing_log.compact([r.encode() for r in self._records])
+            self.metrics.sign_log_bytes.set(self.signing_log.size)
+
+    def _add_evidence(self, ev: Evidence) -> None:
+        if len(self._evidence) < 10 * MAX_PENDING_EVIDENCE:
+            self._evidence.setdefault(ev.hash(), ev)
+        log.warning("equivocation", validator=ev.a.validator, height=ev.a.height,
+                    round=ev.a.round)
+
+    # ---- gossip --------------------------------------------------------------------------
+
+    async def _publish(self, topic: str, data: bytes) -> None:
+        try:
+            await self.net.publish(topic, data)
+            self.metrics.gossip_out.labels("txs" if topic == self.tx_topic else "consensus").inc()
+        except Exception as exc:  # the network may be down or closing: resends cover it
+            log.debug("publish_failed", topic=topic, error=exc)
+
+    async def _drain_txs(self, channel: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
+        """Gossiped transactions were admitted by the validator; count what arrives."""
+        async for _origin, _data in channel:
+            self.metrics.gossip_in.labels("txs", "delivered").inc()
+
+    async def _consensus_gossip(self,
+                                channel: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
+        async for _origin, data in channel:
+            try:
+                msg = decode_message(data)
+            except MessageError:
+                continue  # the validator let it through, so this cannot happen
+            self.metrics.gossip_in.labels("consensus", "delivered").inc()
+            if isinstance(msg, Proposal | Vote | Evidence):
+                self._put("msg", msg)
+
+    async def _regossip_loop(self) -> None:
+        while True:
+            await trio.sleep(REGOSSIP_INTERVAL / 2)
+            now = time.monotonic()
+            self.mempool.expire(now)
+            for raw in self.mempool.due_for_gossip(now, REGOSSIP_INTERVAL, limit=2000):
+                await self._publish(self.tx_topic, raw)
+
+    # ---- block sync ------------------------------------------------------------------------
+
+    async def serve_sync(self, peer_id: str, data: bytes) -> bytes:
+        """The sync protocol's request handler: status for status, blocks for requests."""
+        try:
+            msg = decode_sync_message(data)
+        except SyncError as exc:
+            self.net.penalize(peer_id, f"malformed sync request: {exc}")
+            raise
+        h = self.ledger.height
+        if isinstance(msg, SyncStatus):
+            self._put("sync", self.sync.on_status(now_ms(), peer_id, msg))
+            return encode_sync_message(SyncStatus(h, self._block_hash(h)))
+        if isinstance(msg, SyncRequest):
+            def block_at(x: int) -> Block:
+                b = self.ledger.block(x)
+                assert b is not None
+                return b
+
+            def cert_at(x: int) -> Certificate:
+                c = self.ledger.certificate(x)
+                assert c is not None
+                return c
+
+            if msg.start > h:
+                return encode_sync_message(SyncResponse(msg.request_id, ()))
+            return encode_sync_message(serve(msg, h, block_at, cert_at))
+        self.net.penalize(peer_id, "unsolicited sync response")
+        raise SyncError("a sync response is not a request")
+
+    async def _status_loop(self) -> None:
+        """Exchange heights with every connected peer: block sync's view of the network."""
+        while True:
+            with trio.move_on_after(STATUS_INTERVAL):
+                await self._status_wakeup.wait()
+            self._status_wakeup = trio.Event()
+            h = self.ledger.height
+            mine = encode_sync_message(SyncStatus(h, self._block_hash(h)))
+            async with trio.open_nursery() as nursery:
+                for peer in self.net.peers():
+                    nursery.start_soon(self._exchange_status, peer.peer_id, mine)
+
+    async def _exchange_status(self, peer_id: str, mine: bytes) -> None:
+        try:
+            reply = await self.net.request(peer_id, self.sync_protocol, mine, timeout=5.0,
+                                           max_response_size=1024)
+            msg = decode_sync_message(reply)
+        except SyncError as exc:
+            self.net.penalize(peer_id, f"malformed sync status: {exc}")
+            return
+        except Exception as exc:  # unreachable, timeout, reset: try again next round
+            log.debug("status_exchange_failed", peer=peer_id, error=exc)
+            return
+        if isinstance(msg, SyncStatus):
+            self._put("sync", self.sync.on_status(now_ms(), peer_id, msg))
+        else:
+            self.net.penalize(peer_id, "sync status answered with something else")
+
+    async def _sync_ticker(self) -> None:
+        while True:
+            await trio.sleep(SYNC_TICK)
+            self._put("sync", self.sync.on_tick(now_ms()))
+
+    async def _run_sync_effects(self, effects: list[SyncEffect]) -> None:
+        """Runs inside the consensus task, so applying a block and the engine never race."""
+        queue: deque[SyncEffect] = deque(effects)
+        while queue:
+            eff = queue.popleft()
+            if isinstance(eff, SendSyncRequest):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._sync_request, eff)
+            elif isinstance(eff, ApplyBlock):
+                queue.extend(await self._apply_synced(eff))
+            elif isinstance(eff, DropPeer):
+                log.warning("sync_peer_dropped", peer=eff.peer, reason=eff.reason)
+                self.net.penalize(eff.peer, eff.reason, 5.0)
+
+    async def _apply_synced(self, eff: ApplyBlock) -> list[SyncEffect]:
+        block, cert = eff.block, eff.certificate
+        h = block.height
+        if h != self.ledger.height + 1:
+            return []
+        reason = self._check_block(block)
+        if reason is not None:
+            return self.sync.on_apply_failed(now_ms(), h, reason)
+        try:
+            self.ledger.commit(block, cert)
+        except Exception as exc:
+            log.exception("synced_block_commit_failed", height=h)
+            return self.sync.on_apply_failed(now_ms(), h, str(exc))
+        self.metrics.synced_blocks.inc()
+        self._after_commit(block, f"sync:{eff.peer}")
+        await self._execute(self._start_height(now_ms()))
+        return self.sync.on_applied(now_ms(), h, block.hash(), self.ledger.validators_at(h + 1))
+
+    async def _sync_request(self, eff: SendSyncRequest) -> None:
+        try:
+            reply = await self.net.request(eff.peer, self.sync_protocol,
+                                           encode_sync_message(eff.request),
+                                           timeout=SYNC_REQUEST_TIMEOUT)
+            msg = decode_sync_message(reply)
+        except SyncError as exc:
+            self.net.penalize(eff.peer, f"malformed sync response: {exc}", 5.0)
+            return  # the request times out in the sync machine and is re-asked elsewhere
+        except Exception as exc:
+            log.debug("sync_request_failed", peer=eff.peer, error=exc)
+            return
+        if isinstance(msg, SyncResponse):
+            self._put("sync_response", (eff.peer, msg))
+        else:
+            self.net.penalize(eff.peer, "sync request answered with something else")
+
+
+def _is_malformed(reason: str) -> bool:
+    return any(s in reason for s in ("undecodable", "envelope", "over 65536", "unknown field",
+                                     "expected", "required field", "unknown transaction kind",
+                                     "bytes, over"))
+
+
+def _reason_label(reason: str) -> str:
+    """A bounded label for the rejection metric (reasons carry numbers and ids)."""
+    for key in ("bad signature", "nonce", "balance", "mempool full", "already committed",
+                "too far ahead", "pending transactions"):
+        if key in reason:
+            return key
+    return "other"
+

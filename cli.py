@@ -294,6 +294,106 @@ def id_command(home: Path | None, as_json: bool) -> None:
 
 
 # =========================================================================================
+# Genesis: `commune genesis new|show` (bootstrap/genesis.py; rules in ledger/genesis.py)
+# =========================================================================================
+
+
+@cli.group()
+def genesis() -> None:
+    """Create or inspect a commune's genesis document."""
+
+
+def _genesis_human(console: Console, d: dict[str, Any]) -> None:
+    console.print(f"[bold]{d['name']}[/]  chain id {d['chain_id']}")
+    console.print(f"currency {d['currency']} ({d['minor_units']} minor units), "
+                  f"genesis time {d['genesis_time']}", markup=False)
+    console.print(f"founders ({len(d['founders'])}):", markup=False)
+    for f in d["founders"]:
+        extra = f"  {f['address']}" if f["address"] else ""
+        console.print(f"  {f['id']}  {f['name']}{extra}", markup=False)
+    tr = d["treasury"]
+    console.print(f"treasury: {tr['threshold']} of {len(tr['signers'])} signers", markup=False)
+    for s in tr["signers"]:
+        console.print(f"  {s}", markup=False)
+    console.print("parameters:", markup=False)
+    for k, v in d["params"].items():
+        console.print(f"  {k:<24} {v}", markup=False)
+
+
+@genesis.command("new")
+@click.option("--name", required=True, help="The commune's name.")
+@click.option("--founder", "founders", multiple=True, required=True,
+              metavar="ID[:NAME[:LABOUR]]",
+              help="A founding member (repeat for each): id, name, labour statement.")
+@click.option("--currency", default="EUR", show_default=True, help="Currency code.")
+@click.option("--minor-units", type=int, default=2, show_default=True,
+              help="Digits of the minor unit (2: amounts are in cents).")
+@click.option("--address", "addresses", multiple=True, metavar="ID=MULTIADDR",
+              help="Where a founder's node listens (repeatable).")
+@click.option("--signer", "signers", multiple=True, metavar="ID",
+              help="Treasury signer (repeatable; default: every founder).")
+@click.option("--threshold", type=int, default=None,
+              help="Treasury approvals needed (default: a majority of the signers).")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="A parameter (DESIGN 6.10; repeatable); others take their defaults.")
+@click.option("--time", "time_text", default=None, metavar="MS|ISO-8601",
+              help="Genesis time (default: now).")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="File to write.")
+@click.option("--format", "fmt", type=click.Choice(["json", "msgpack"]), default="json",
+              show_default=True, help="JSON (readable) or the canonical msgpack bytes.")
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+@json_option
+def genesis_new(name: str, founders: tuple[str, ...], currency: str, minor_units: int,
+                addresses: tuple[str, ...], signers: tuple[str, ...], threshold: int | None,
+                params: tuple[str, ...], time_text: str | None, out: str, fmt: str,
+                force: bool, as_json: bool) -> None:
+    """Write a new genesis document; its hash is the commune's chain id."""
+    from bootstrap import genesis as bg
+    from ledger.genesis import GenesisError
+
+    try:
+        g = bg.new_genesis(name=name, founders=founders, currency=currency,
+                           minor_units=minor_units, addresses=addresses, signers=signers,
+                           threshold=threshold, params=params, time_text=time_text)
+    except GenesisError as exc:
+        fail(f"{exc}; see `commune genesis new --help`", Exit.USAGE)
+    try:
+        bg.write_genesis(g, out, fmt, force)
+    except FileExistsError:
+        fail(f"{out} exists; pass --force to replace it", Exit.EXISTS)
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc.strerror or exc}", Exit.FAILED)
+    result = {"chain_id": g.chain_id.hex(), "file": out, "format": fmt}
+    emit(result, as_json, lambda console, r: console.print(
+        f"wrote {r['file']} (chain id {r['chain_id']})", markup=False))
+
+
+@genesis.command("show")
+@click.argument("file", type=click.Path(dir_okay=False))
+@json_option
+def genesis_show(file: str, as_json: bool) -> None:
+    """Validate a genesis file (JSON or msgpack) and print it with its chain id."""
+    from bootstrap import genesis as bg
+    from ledger.genesis import GenesisError
+
+    try:
+        g = bg.read_genesis(file)
+    except FileNotFoundError:
+        fail(f"no such file {file}", Exit.NOT_FOUND)
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror or exc}", Exit.FAILED)
+    except GenesisError as exc:
+        fail(f"{file} is not a valid genesis: {exc}", Exit.FAILED)
+    emit(bg.describe(g), as_json, _genesis_human)
+
+
+# =========================================================================================
+# (end of the genesis section)
+# =========================================================================================
+
+
+# =========================================================================================
 # The daemon and the commands that talk to it (node/daemon.py, node/client.py)
 #
 # Every command below except `daemon` is a client of the running daemon's control API.

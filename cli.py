@@ -1030,5 +1030,465 @@ def tx_show(txid: str, home: Path | None, as_json: bool) -> None:
     emit(_get(home, f"tx/{txid}"), as_json, human)
 
 
+# =========================================================================================
+# Audit: export the signed log, replay it trusting no one, prove single transactions
+# (ledger/export.py, ledger/audit.py, ledger/proofs.py)
+#
+# These commands never talk to the daemon: `export` and `prove` read the node's SQLite
+# store directly (read-only, one consistent snapshot, daemon running or not); `replay`
+# and `verify-proof` need nothing but the file (and, to pin the commune, its genesis).
+# =========================================================================================
+
+AUDIT_POOL_AFTER_BYTES = 2 * 1024 * 1024
+"""Replays smaller than this verify signatures in-process (a worker pool costs a second)."""
+AUDIT_BATCH_BYTES = 256 * 1024
+AUDIT_BATCH_BLOCKS = 256
+
+
+def audit_parallel_prefetch(workers: int) -> Any:
+    """A `ledger.audit.Prefetch` that verifies signatures in `workers` processes, ahead of
+    execution, in order; small logs are verified in-process."""
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    from ledger.audit import check_signatures, check_signatures_batch
+
+    def prefetch(chain_id: bytes, records: Any) -> Any:
+        pool: ProcessPoolExecutor | None = None
+        pending: deque[tuple[list[Any], Future[Any]]] = deque()
+        batch: list[Any] = []
+        size = seen = 0
+
+        def submit() -> None:
+            nonlocal batch, size
+            assert pool is not None
+            pending.append((batch, pool.submit(check_signatures_batch, chain_id,
+                                               [r.block for r in batch])))
+            batch, size = [], 0
+
+        try:
+            for rec in records:
+                if pool is None:
+                    if workers < 1 or seen < AUDIT_POOL_AFTER_BYTES:
+                        seen += len(rec.block)
+                        yield rec, check_signatures(chain_id, rec.block)
+                        continue
+                    pool = ProcessPoolExecutor(
+                        workers, mp_context=multiprocessing.get_context("spawn"))
+                batch.append(rec)
+                size += len(rec.block)
+                if size >= AUDIT_BATCH_BYTES or len(batch) >= AUDIT_BATCH_BLOCKS:
+                    submit()
+                    while len(pending) > 2 * workers:
+                        done, fut = pending.popleft()
+                        yield from zip(done, fut.result(), strict=True)
+            if batch:
+                submit()
+            while pending:
+                done, fut = pending.popleft()
+                yield from zip(done, fut.result(), strict=True)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+    return prefetch
+
+
+def _audit_workers(workers: int | None) -> int:
+    if workers is not None:
+        return workers
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 0 if (n or 1) < 2 else min(n or 1, 4)
+
+
+def _audit_progress(enabled: bool, total: int | None, what: str) -> Any:
+    """A rich progress bar on stderr, or a stand-in that does nothing."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    class _Off:
+        def __enter__(self) -> _Off:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def update(self, completed: int, description: str = "",
+                   total: int | None = None) -> None:
+            return None
+
+    if not enabled:
+        return _Off()
+
+    class _On:
+        def __init__(self) -> None:
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                     MofNCompleteColumn(), TimeRemainingColumn(),
+                                     console=stderr_console, transient=True)
+            self.task = self.progress.add_task(what, total=total)
+
+        def __enter__(self) -> _On:
+            self.progress.start()
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.progress.stop()
+
+        def update(self, completed: int, description: str = "",
+                   total: int | None = None) -> None:
+            if total is not None:
+                self.progress.update(self.task, total=total)
+            self.progress.update(self.task, completed=completed,
+                                 description=description or what)
+
+    return _On()
+
+
+def _audit_table(console: Console, title: str, rows: Sequence[Sequence[Any]],
+                 headers: Sequence[str], limit: int = 200) -> None:
+    from rich.table import Table
+
+    if not rows:
+        return
+    table = Table(title=title, title_justify="left", title_style="bold")
+    for h in headers:  # a leading "#" marks a numeric column: right-aligned
+        table.add_column(h.removeprefix("#"), overflow="fold",
+                         justify="right" if h.startswith("#") else "left")
+    for row in rows[:limit]:
+        table.add_row(*("" if v is None else f"{v:,}" if isinstance(v, int)
+                        and not isinstance(v, bool) else str(v) for v in row))
+    console.print(table)
+    if len(rows) > limit:
+        console.print(f"({len(rows) - limit} more rows; use --json for all)")
+
+
+def _ms(ms: int | None) -> str:
+    import datetime
+
+    if ms is None:
+        return ""
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _short(text: str, n: int = 14) -> str:
+    return text if len(text) <= n + 1 else text[:n] + "…"
+
+
+def _show_audit_report(console: Console, r: dict[str, Any]) -> None:
+    if r.get("failure") is not None:
+        if "chain" in r:
+            ch = r["chain"]
+            console.print(f"{r['commune']['name']}: blocks 1 to {ch['blocks']:,} "
+                          f"({ch['transactions']:,} transactions) checked out before the "
+                          "failure", markup=False)
+        return  # the failure itself is the error line on stderr
+    if "commune" in r:
+        c, ch, k = r["commune"], r["chain"], r["checks"]
+        console.print(f"[bold]{c['name']}[/] ({c['currency']}, {c['minor_units']} minor units)"
+                      f"  chain id {c['chain_id']}")
+        console.print(f"{ch['blocks']:,} blocks, {ch['transactions']:,} transactions, "
+                      f"{_ms(ch['first_time_ms'])} .. {_ms(ch['last_time_ms'])} UTC")
+        console.print(f"final block {ch['last_block_hash']}\nfinal state root "
+                      f"{ch['state_root']}")
+        console.print(f"verified: {k['transaction_signatures']:,} transaction signatures, "
+                      f"{k['certificates']:,} certificates, {k['state_roots']:,} state roots, "
+                      f"{k['invariant_checks']:,} invariant checks\n")
+        m = r["members"]
+        _audit_table(console, "Members over time", [
+            (e["height"], _ms(e["time_ms"]), e["event"], _short(e["member"]), e["name"],
+             e["how"])
+            for e in m["events"]], ["#height", "time", "event", "member", "name", "how"])
+        _audit_table(console, "Validator sets", [
+            (v["from_height"], len(v["members"]), ", ".join(_short(x) for x in v["members"]))
+            for v in r["validators"]], ["#from height", "#size", "members"])
+        t = r["treasury"]
+        _audit_table(console, "Treasury flows", [
+            *[(k2, v) for k2, v in t["flows"].items()], ("net inflow", t["net_inflow"]),
+            *[(f"held: {k2}", v) for k2, v in t["held_by"].items()]], ["flow", "#amount"])
+        _audit_table(console, "Treasury actions", [
+            (a["height"], a["kind"], _short(a["id"]), a["status"], a["approvals"],
+             a["executed_height"] or "",
+             ", ".join(f"{k2}={_short(str(v))}" for k2, v in sorted(a["args"].items())))
+            for a in t["actions"]],
+            ["#height", "kind", "id", "status", "#approvals", "#executed", "args"])
+        _audit_table(console, "Withdrawals", [
+            (w["height"], _short(w["account"]), w["amount"], w["status"], w["paid_height"] or "")
+            for w in t["withdrawals"]], ["#height", "account", "#amount", "status", "#paid at"])
+        _audit_table(console, "Dividends per period", [
+            (p["period"], p["closed_height"], p["pool"], p["members"], p["share"], p["carry"],
+             p["claimed"], p["unclaimed"]) for p in r["dividends"]],
+            ["#period", "#closed at", "#pool", "#members", "#share", "#carry", "#claimed",
+             "#unclaimed"])
+        _audit_table(console, "Governance", [
+            (_short(p["id"]), p["title"], p["type"], p["status"], p["yes"], p["no"],
+             p["decided_height"] or "", p["outcome"]) for p in r["governance"]],
+            ["id", "title", "type", "status", "#yes", "#no", "#decided", "outcome"])
+        for name, tab in r.get("other_tables", {}).items():
+            if tab["count"]:
+                _audit_table(console, f"{name} ({tab['count']:,}): {tab['doc']}",
+                             [[_short(str(v), 24) for v in row] for row in tab["rows"]],
+                             tab["columns"])
+        if r["evidence"]:
+            _audit_table(console, "Evidence of misbehaviour (double signing)", [
+                (e["included_height"], _short(e["validator"]), e["height"], e["round"])
+                for e in r["evidence"]], ["#recorded at", "validator", "#height", "#round"])
+        else:
+            console.print("Evidence of misbehaviour: none recorded")
+    console.print("\n[bold green]OK[/]: every signature, certificate, state root and "
+                  "invariant checks out.")
+
+
+def _audit_failure_text(f: dict[str, Any]) -> str:
+    where = "at the genesis" if f["height"] is None else f"at block {f['height']}"
+    if f["tx_index"] is not None:
+        where += f", transaction {f['tx_index']}"
+        if f["tx_id"]:
+            where += f" ({f['tx_id']})"
+    return f"{where}: {f['what']} ({f['check']}): {f['reason']}"
+
+
+def _parse_txid(text: str) -> bytes:
+    t = text.strip().lower()
+    if len(t) != 64:
+        fail(f"{text!r} is not a transaction id (64 hex digits)", Exit.USAGE)
+    try:
+        return bytes.fromhex(t)
+    except ValueError:
+        fail(f"{text!r} is not a transaction id (64 hex digits)", Exit.USAGE)
+
+
+def _load_genesis_file(path: Path) -> Any:
+    from ledger.genesis import Genesis, GenesisError
+
+    try:
+        return Genesis.load(str(path))
+    except OSError as exc:
+        fail(f"cannot read the genesis {path}: {exc}", Exit.NOT_FOUND)
+    except GenesisError as exc:
+        fail(f"{path} is not a valid genesis: {exc}", Exit.USAGE)
+
+
+@cli.group()
+def audit() -> None:
+    """Check a commune without trusting any node: export its log, replay it, prove
+    single transactions."""
+
+
+@audit.command("export")
+@home_option
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write ('-' for standard output).")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@json_option
+def audit_export(home: Path | None, out: Path, force: bool, as_json: bool) -> None:
+    """Write this node's whole signed log (genesis, blocks, certificates) to one file.
+
+    Reads the store directly and read-only, whether or not the daemon runs; the log
+    ends at the last block committed when the export started. Check it anywhere with
+    `commune audit replay FILE`.
+    """
+    from ledger.export import ExportError, export_store
+
+    paths = resolve_paths(home)
+    if not paths.db.exists():
+        fail(f"no ledger store at {paths.db}; is --home the data directory of a node that "
+             "has run?", Exit.NOT_FOUND)
+    to_stdout = str(out) == "-"
+    if not to_stdout and out.exists() and not force:
+        fail(f"{out} exists; pass --force to overwrite it", Exit.EXISTS)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    show = not as_json and stderr_console.is_terminal
+    try:
+        with _audit_progress(show, None, "exporting") as bar:
+            def progress(h: int, last: int) -> None:
+                if h % 64 == 0 or h == last:
+                    bar.update(h, total=last)
+
+            if to_stdout:
+                chain_id, end = export_store(paths.db, sys.stdout.buffer, progress=progress)
+                sys.stdout.buffer.flush()
+            else:
+                with open(tmp, "wb") as f:
+                    chain_id, end = export_store(paths.db, f, progress=progress)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, out)
+    except ExportError as exc:
+        fail(f"cannot export: {exc}", Exit.FAILED)
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc}", Exit.FAILED)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    result = {"file": "-" if to_stdout else str(out), "chain_id": chain_id.hex(),
+              "blocks": end.blocks, "last_block_hash": end.last_hash.hex(),
+              "bytes": None if to_stdout else out.stat().st_size}
+    if to_stdout:
+        stderr_console.print(f"exported {end.blocks:,} blocks", markup=False)
+        return
+    emit(result, as_json, lambda console, r: console.print(
+        f"Exported {r['blocks']:,} blocks ({r['bytes']:,} bytes) to {r['file']}\n"
+        f"chain id {r['chain_id']}\nlast block {r['last_block_hash']}", markup=False))
+
+
+@audit.command("replay")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--genesis", "genesis_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="The commune's genesis: the log must be of this commune.")
+@click.option("--peer", default=None, metavar="MULTIADDR",
+              help="Fetch the log from this node over block sync instead of a file.")
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Processes verifying signatures ahead of execution (default: one per "
+                   "core, 0 on one core).")
+@json_option
+def audit_replay(file: Path | None, genesis_path: Path | None, peer: str | None,
+                 workers: int | None, as_json: bool) -> None:
+    """Check a whole log, trusting nothing in it, and print the commune's history.
+
+    Checks the hash chain, every transaction signature, every certificate against the
+    validator set of its height (followed from the log itself), re-executes every block
+    into a fresh in-memory ledger comparing every state root, and checks that money is
+    conserved and nothing is negative after every block. On the first failure: the
+    block, the transaction, what failed; exit code 1.
+    """
+    from ledger.audit import audit_log
+
+    if (file is None) == (peer is None):
+        fail("give either a log FILE or --peer MULTIADDR", Exit.USAGE)
+    if peer is not None:
+        fail("--peer is not available yet: export the log on a node with `commune audit "
+             "export` and replay the file", Exit.USAGE)
+    assert file is not None
+    expected = _load_genesis_file(genesis_path) if genesis_path is not None else None
+    try:
+        stream = open(file, "rb")  # noqa: SIM115 - closed below, streamed by the replay
+    except FileNotFoundError:
+        fail(f"no such file {file}", Exit.NOT_FOUND)
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc}", Exit.FAILED)
+    total = os.fstat(stream.fileno()).st_size
+    show = not as_json and stderr_console.is_terminal
+    txs = 0
+    with stream, _audit_progress(show, total, "replaying") as bar:
+        def on_block(p: Any) -> None:
+            nonlocal txs
+            txs += p.txs
+            if p.height % 32 == 0 and p.offset is not None:
+                bar.update(p.offset, f"block {p.height:,}, {txs:,} txs")
+
+        result = audit_log(stream, expected_genesis=expected,
+                           prefetch=audit_parallel_prefetch(_audit_workers(workers)),
+                           on_block=on_block)
+    report = result.report()
+    if result.auditor is not None:
+        result.auditor.close()
+    emit(report, as_json, _show_audit_report)
+    if result.failure is not None:
+        fail(f"audit failed {_audit_failure_text(report['failure'])}", Exit.FAILED)
+
+
+@audit.command("prove")
+@click.argument("txid")
+@home_option
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the proof to this file (else print it).")
+@json_option
+def audit_prove(txid: str, home: Path | None, out: Path | None, as_json: bool) -> None:
+    """An inclusion proof of committed transaction TXID, checkable offline.
+
+    The proof carries the transaction, its Merkle path, its block's header and commit
+    certificate, and the hand-overs of the validator set since the genesis, so that
+    `commune audit verify-proof FILE --genesis G` needs nothing else. Reads the store
+    directly (daemon running or not).
+    """
+    from ledger.export import ExportError, StoreSnapshot
+    from ledger.proofs import ProofError, dumps, make_proof
+
+    tid = _parse_txid(txid)
+    paths = resolve_paths(home)
+    if not paths.db.exists():
+        fail(f"no ledger store at {paths.db}; is --home the data directory of a node?",
+             Exit.NOT_FOUND)
+    try:
+        with StoreSnapshot(paths.db) as snap:
+            proof = make_proof(snap, tid)
+    except ExportError as exc:
+        fail(f"cannot read the store: {exc}", Exit.FAILED)
+    except ProofError as exc:
+        code = Exit.NOT_FOUND if "not in a committed block" in str(exc) else Exit.FAILED
+        fail(str(exc), code)
+    text = dumps(proof)
+    if out is None:
+        sys.stdout.write(text)
+        return
+    try:
+        out.write_text(text)
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc}", Exit.FAILED)
+    summary = {"file": str(out), "txid": proof["txid"], "height": proof["height"],
+               "index": proof["index"], "handovers": len(proof["validator_chain"])}
+    emit(summary, as_json, lambda console, r: console.print(
+        f"Wrote the proof of transaction {r['txid']} (block {r['height']}, index "
+        f"{r['index']}, {r['handovers']} validator hand-overs) to {r['file']}", markup=False))
+
+
+@audit.command("verify-proof")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--genesis", "genesis_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="The commune's genesis file: the only thing the check trusts.")
+@json_option
+def audit_verify_proof(file: Path, genesis_path: Path, as_json: bool) -> None:
+    """Check an inclusion proof offline against the commune's genesis.
+
+    Trusts the genesis and the BFT assumption (each validator set along the way had
+    fewer than 1/3 faulty members); nothing the prover says. Exit code 1 if it fails.
+    """
+    from ledger.proofs import MAX_PROOF_BYTES, ProofError, loads, verify_proof
+
+    genesis = _load_genesis_file(genesis_path)
+    try:
+        with open(file, "rb") as f:
+            data = f.read(MAX_PROOF_BYTES + 1)
+    except FileNotFoundError:
+        fail(f"no such file {file}", Exit.NOT_FOUND)
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc}", Exit.FAILED)
+    try:
+        if len(data) > MAX_PROOF_BYTES:
+            raise ProofError(f"the proof is over {MAX_PROOF_BYTES} bytes")
+        v = verify_proof(loads(data.decode("utf-8", errors="replace")), genesis)
+    except ProofError as exc:
+        if as_json:
+            emit({"valid": False, "reason": str(exc)}, True)
+        fail(f"the proof does not verify: {exc}", Exit.FAILED)
+    result = {"valid": True, "txid": v.txid.hex(), "kind": v.kind, "signer": id_text(v.signer),
+              "nonce": v.nonce, "args": {k: (id_text(a) if isinstance(a, bytes) and len(a) == 32
+                                             and k in ("to", "account", "applicant", "member")
+                                             else a) for k, a in v.args.items()},
+              "height": v.height, "index": v.index, "block_hash": v.block_hash.hex(),
+              "time_ms": v.time_ms, "certified_by": [id_text(m) for m in v.validators],
+              "signatures": v.signatures, "handovers": v.handovers,
+              "trust": "genesis founders" if v.handovers == 0 else
+              f"genesis founders and {v.handovers} certified validator hand-overs"}
+
+    def human(console: Console, r: dict[str, Any]) -> None:
+        console.print(f"[bold green]valid[/]: transaction {r['txid']}")
+        console.print(f"  {r['kind']} by {r['signer']} (nonce {r['nonce']})", markup=False)
+        console.print(f"  in block {r['height']} at index {r['index']} ({_ms(r['time_ms'])} "
+                      f"UTC), block hash {r['block_hash']}", markup=False)
+        console.print(f"  certified by {r['signatures']} of {len(r['certified_by'])} "
+                      f"validators; trust: {r['trust']}", markup=False)
+
+    emit(result, as_json, human)
+
+
+
 if __name__ == "__main__":
     main()

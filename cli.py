@@ -1490,5 +1490,45 @@ def audit_verify_proof(file: Path, genesis_path: Path, as_json: bool) -> None:
 
 
 
+# =========================================================================================
+# Scenarios: `commune simulate FILE` (bootstrap/scenario.py, player.py, simulate.py,
+# summary.py; shared/SCENARIOS.md)
+#
+# No daemon and no data directory: the scenario is played on an in-memory ledger with
+# virtual time, so years of periods take seconds and the same file always ends with the
+# same state root. Rejected steps are part of the result (exit 0); a scenario that is
+# malformed or impossible is refused before anything runs (exit 1).
+# =========================================================================================
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def simulate(file: Path, as_json: bool) -> None:
+    """Play a scenario FILE on the ledger state machine and summarize what happened.
+
+    Prints every actor's balance, arrears and dividends, every asset's auction, bonds,
+    rent and re-auctions, the treasury flows, the dividends of each period, and the
+    steps the ledger rejected with its reason. Example scenarios are in
+    bootstrap/scenarios/.
+    """
+    from bootstrap.scenario import ScenarioError, load_scenario
+    from bootstrap.simulate import simulate as run_simulation
+    from bootstrap.summary import render
+
+    if not file.exists():
+        fail(f"no scenario file {file}; example scenarios are in bootstrap/scenarios/",
+             Exit.NOT_FOUND)
+    try:
+        scenario = load_scenario(file)
+    except ScenarioError as exc:
+        fail(f"{file} is not a valid scenario: {exc}; see shared/SCENARIOS.md for the format",
+             Exit.FAILED)
+    emit(run_simulation(scenario), as_json, render)
+
+# =========================================================================================
+# (end of the scenarios section)
+# =========================================================================================
+
 if __name__ == "__main__":
     main()

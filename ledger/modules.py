@@ -8,10 +8,10 @@ here; federation later.
 
 from __future__ import annotations
 
-from ledger import accounts, core, dividends, governance, membership, money, treasury
+from ledger import accounts, assets, core, dividends, governance, membership, money, treasury
 from ledger.rules import Rules
 
-MODULES = (core, money, membership, accounts, treasury, governance, dividends)
+MODULES = (core, money, membership, accounts, treasury, governance, dividends, assets)
 
 
 def build_rules() -> Rules:

@@ -81,11 +81,13 @@ def run_tx(ex: Exec, tx: Transaction, index: int) -> Result:
     handler = ex.rules.handlers.get(kind)
     if handler is None:
         raise TxRejected(f"{kind} is not enabled on this ledger yet")
-    mark = state.mark()
+    mark = len(state.undo)
     try:
         row = dict(acct) if acct is not None else new_account()
         row["nonce"] = nonce
-        state.put("accounts", signer, row)
+        # A well-formed row by construction: written without the per-write check.
+        state.undo.append(("accounts", signer, acct))
+        state.data["accounts"][signer] = row
         return handler(ex, Call(tx.id, signer, kind, nonce, tx.args, index))
     except TxRejected:
         state.rollback(mark)

@@ -17,6 +17,7 @@ behind the undo log's back; `put` takes ownership of the dict it is given.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -32,6 +33,8 @@ Row = dict[str, Any]
 """Column name to value; values are `Value`s (checked by `Table.check` on every write)."""
 
 _SQL_TYPES = {int: "INTEGER", bytes: "BLOB", str: "TEXT"}
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+"""Tuples pack as arrays: an entry is the array [table, key, [column values in order]]."""
 MAX_KEY_COLUMNS = 4
 
 
@@ -59,31 +62,39 @@ class Table:
             assert n.isidentifier() and t in _SQL_TYPES, (self.name, n, t)
         object.__setattr__(self, "key_names", tuple(n for n, _ in self.key))
         object.__setattr__(self, "column_names", tuple(n for n, _ in self.columns))
+        object.__setattr__(self, "_column_set", frozenset(self.column_names))
+        object.__setattr__(self, "_key_types", tuple(t for _, t in self.key))
+        getter = operator.itemgetter(*self.column_names) if self.columns else (lambda r: ())
+        object.__setattr__(self, "values", getter if len(self.columns) != 1
+                           else (lambda r, _n=self.column_names[0]: (r[_n],)))
 
     @property
     def composite(self) -> bool:
         return len(self.key) > 1
 
     def check(self, key: Key, row: Row) -> None:
-        """Raise `RowError` unless key and row match the declaration exactly."""
-        if self.composite:
-            if type(key) is not tuple or len(key) != len(self.key):
-                raise RowError(f"{self.name}: key must be a tuple of {self.key_names}")
-            for v, (n, t) in zip(key, self.key, strict=True):
-                if type(v) is not t:
-                    raise RowError(f"{self.name}: key {n} must be {t.__name__}")
-        elif type(key) is not self.key[0][1]:
-            raise RowError(f"{self.name}: key must be {self.key[0][1].__name__}")
-        if type(row) is not dict or len(row) != len(self.columns):
-            raise RowError(f"{self.name}: row must have exactly {self.column_names}")
+        """Raise `RowError` unless key and row match the declaration exactly.
+
+        On every write, so it is written for speed: C-level key-set comparison first.
+        """
+        kt = self._key_types  # type: ignore[attr-defined]
+        if len(kt) == 1:
+            if type(key) is not kt[0]:
+                raise RowError(f"{self.name}: key must be {kt[0].__name__}, got {key!r}")
+        elif type(key) is not tuple or len(key) != len(kt) or any(
+                type(v) is not t for v, t in zip(key, kt, strict=False)):
+            raise RowError(f"{self.name}: key must be a tuple of {self.key_names} "
+                           f"({', '.join(t.__name__ for t in kt)}), got {key!r}")
+        if type(row) is not dict or row.keys() != self._column_set:  # type: ignore[attr-defined]
+            raise RowError(f"{self.name}: row must have exactly the columns "
+                           f"{self.column_names}, got {row!r}")
         for n, t in self.columns:
-            if type(row.get(n)) is not t:
-                raise RowError(f"{self.name}.{n} must be {t.__name__}, got {row.get(n)!r}")
+            if type(row[n]) is not t:
+                raise RowError(f"{self.name}.{n} must be {t.__name__}, got {row[n]!r}")
 
     def entry(self, key: Key, row: Row) -> bytes:
         """The bytes hashed into the state root for one row (table, key, column values)."""
-        return msgpack.packb([self.name, key, [row[c] for c in self.column_names]],
-                             use_bin_type=True)
+        return _packb((self.name, key, self.values(row)))  # type: ignore[attr-defined]
 
     def key_of(self, values: tuple[Value, ...]) -> Key:
         return values if self.composite else values[0]
@@ -111,6 +122,7 @@ class State:
     def __init__(self, specs: Mapping[str, Table]) -> None:
         self.specs: dict[str, Table] = dict(specs)
         self.data: dict[str, dict[Key, Row]] = {name: {} for name in self.specs}
+        self._checks = {name: spec.check for name, spec in self.specs.items()}
         self.undo: list[tuple[str, Key, Row | None]] = []
         self.hash = MultisetHash()
 
@@ -150,7 +162,7 @@ class State:
     # ---- writes --------------------------------------------------------------------------
 
     def put(self, table: str, key: Key, row: Row) -> None:
-        self.specs[table].check(key, row)
+        self._checks[table](key, row)
         t = self.data[table]
         self.undo.append((table, key, t.get(key)))
         t[key] = row

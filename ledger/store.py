@@ -131,7 +131,7 @@ class Store:
             if new is None:
                 deletes.setdefault(table, []).append(kv)
             else:
-                upserts.setdefault(table, []).append(kv + tuple(new[c] for c in t.column_names))
+                upserts.setdefault(table, []).append(kv + t.values(new))  # type: ignore[attr-defined]
         ex = self.conn.executemany
         for table, rows in deletes.items():
             ex(self._delete[table], rows)

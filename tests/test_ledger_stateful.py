@@ -302,6 +302,7 @@ class CommuneMachine(RuleBasedStateMachine):
 
 
 CommuneMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("LEDGER_EXAMPLES", "40")), stateful_step_count=50, deadline=None,
+    max_examples=int(os.environ.get("LEDGER_EXAMPLES", "40")), stateful_step_count=50,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 TestCommune = CommuneMachine.TestCase

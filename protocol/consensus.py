@@ -48,6 +48,7 @@ from protocol.consensus_types import (
     Effect,
     EngineConfig,
     EvidenceFound,
+    LockProof,
     PersistSigned,
     RequestProposal,
     RoundVotes,
@@ -108,6 +109,7 @@ class ConsensusEngine:
         self._future: list[ConsensusMessage] = []
         self._behind_hinted: set[int] = set()
         self._missing_block_hinted = False
+        self._last_rebroadcast_state: tuple[int, Step] | None = None
 
     @property
     def is_validator(self) -> bool:
@@ -171,7 +173,11 @@ class ConsensusEngine:
             return out
         kind, r = timeout.kind, timeout.round
         if kind is TimeoutKind.REBROADCAST:
-            self._rebroadcast(out)
+            # Only when stuck: while rounds and steps move, fresh messages are flowing.
+            state = (self.round, self.step)
+            if state == self._last_rebroadcast_state:
+                self._rebroadcast(out)
+            self._last_rebroadcast_state = state
             out.append(ScheduleTimeout(timeout, self.config.rebroadcast_interval_ms))
         elif kind is TimeoutKind.WAIT:
             if self._waiting and r == self.round:
@@ -258,10 +264,9 @@ class ConsensusEngine:
         rv.proposal = p
         rv.timely = abs(p.block.header.time_ms - now_ms) <= self.config.max_clock_drift_ms
         rv.senders.add(p.proposer)
-        self._learn_block(p.block)
+        self._learn_block(p.block, p.block_hash)
 
-    def _learn_block(self, block: Block) -> None:
-        h = block.hash()
+    def _learn_block(self, block: Block, h: bytes) -> None:
         if h in self._blocks:
             return
         self._blocks[h] = block
@@ -293,13 +298,18 @@ class ConsensusEngine:
         if v.validator not in self.validators:
             return
         rv = self._round(v.round)
-        votes, _ = rv.book(v.type)
-        existing = votes.get(v.validator)
+        existing = rv.votes_of(v.type, v.validator)
         if existing is not None:
-            if existing.block_hash == v.block_hash:
+            if v.block_hash in existing:
                 return  # duplicate (signatures are deterministic)
-            if v.verify(self.chain_id):
-                self._found_evidence(Evidence(existing, v), out)
+            if not v.verify(self.chain_id):
+                return
+            self._found_evidence(Evidence(next(iter(existing.values())), v), out)
+            # An equivocator's vote still counts for each value it signed (others may
+            # need it to see a proof of lock), but only for values that can matter, so
+            # that it cannot make us store votes for arbitrary hashes.
+            if v.block_hash == NIL or v.block_hash in self._blocks:
+                rv.add(v)
             return
         if not v.verify(self.chain_id):
             return
@@ -380,12 +390,26 @@ class ConsensusEngine:
             decoded = rec.decoded()
             assert isinstance(decoded, Proposal)
             prop = decoded
+        self._relay_proof_of_lock(prop, out)
         rv = self._round(self.round)
         if rv.proposal is None:
             self._accept_proposal(now_ms, prop, rv)
             self._verdicts.setdefault(prop.block_hash, True)
 
-    def _vote(self, vote_type: str, block_hash: bytes, out: list[Effect]) -> bytes:
+    def _relay_proof_of_lock(self, prop: Proposal, out: list[Effect]) -> None:
+        """A re-proposal is only acceptable to those who hold its +2/3 prevotes of
+        `pol_round` (line 28); gossip may have lost them, so the proposer sends them along
+        (as Tendermint's gossip layer does)."""
+        if prop.pol_round < 0:
+            return
+        pol = self._rounds.get(prop.pol_round)
+        if pol is None:
+            return
+        for vote in pol.votes_for(PREVOTE, prop.block_hash):
+            out.append(Broadcast.of(vote))
+
+    def _vote(self, vote_type: str, block_hash: bytes, out: list[Effect],
+              proof: LockProof | None = None) -> bytes:
         """Cast our vote of this round (or resend the one we recorded) and move to the
         step. Returns the value actually voted."""
         step = Step(vote_type)
@@ -398,7 +422,7 @@ class ConsensusEngine:
         if rec is None:
             vote = Vote.create(self.key, self.chain_id, vote_type, self.height, self.round,
                                block_hash)
-            rec = SignedRecord.of(vote)
+            rec = SignedRecord.of(vote, proof)
             self._records[key] = rec
             out.append(PersistSigned(rec))
             out.append(Broadcast(vote, rec.message))
@@ -408,8 +432,8 @@ class ConsensusEngine:
             assert isinstance(decoded, Vote)
             vote = decoded
         rv = self._round(self.round)
-        votes, _ = rv.book(vote_type)
-        if self._me() not in votes:
+        mine = rv.votes_of(vote_type, self._me())
+        if mine is None or vote.block_hash not in mine:
             rv.add(vote)
         return vote.block_hash
 
@@ -455,7 +479,7 @@ class ConsensusEngine:
                         self._vote(PREVOTE, v if good else NIL, out)
                         return True
         if (self.step is Step.PREVOTE and not rv.prevote_timeout_set
-                and len(rv.prevotes) >= q):  # line 34
+                and rv.voters(PREVOTE) >= q):  # line 34
             rv.prevote_timeout_set = True
             out.append(ScheduleTimeout(Timeout(self.height, r, TimeoutKind.PREVOTE),
                                        self.config.timeout_ms(TimeoutKind.PREVOTE, r)))
@@ -467,7 +491,9 @@ class ConsensusEngine:
                     if ok:
                         rv.polka_seen = True
                         if self.step is Step.PREVOTE:
-                            voted = self._vote(PRECOMMIT, v, out)
+                            proof = LockProof(self._blocks[v],
+                                              tuple(rv.votes_for(PREVOTE, v)))
+                            voted = self._vote(PRECOMMIT, v, out, proof)
                             if voted == v:
                                 self.locked_value, self.locked_round = v, r
                         self.valid_value, self.valid_round = v, r
@@ -475,7 +501,7 @@ class ConsensusEngine:
         if self.step is Step.PREVOTE and rv.prevote_tally.get(NIL, 0) >= q:  # line 44
             self._vote(PRECOMMIT, NIL, out)
             return True
-        if not rv.precommit_timeout_set and len(rv.precommits) >= q:  # line 47
+        if not rv.precommit_timeout_set and rv.voters(PRECOMMIT) >= q:  # line 47
             rv.precommit_timeout_set = True
             out.append(ScheduleTimeout(Timeout(self.height, r, TimeoutKind.PRECOMMIT),
                                        self.config.timeout_ms(TimeoutKind.PRECOMMIT, r)))
@@ -486,7 +512,7 @@ class ConsensusEngine:
         q = self.validators.quorum()
         for r in sorted(self._rounds):
             rv = self._rounds[r]
-            if len(rv.precommits) < q:
+            if rv.voters(PRECOMMIT) < q:
                 continue
             for v, n in rv.precommit_tally.items():
                 if v == NIL or n < q:
@@ -498,8 +524,7 @@ class ConsensusEngine:
                         out.append(Behind(self.height + 1))
                     continue
                 if self._verdict(v):
-                    votes = [x for x in rv.precommits.values() if x.block_hash == v]
-                    cert = Certificate.from_votes(votes)
+                    cert = Certificate.from_votes(rv.votes_for(PRECOMMIT, v))
                     self.decided = Commit(self._blocks[v], cert, r)
                     out.append(self.decided)
                     return True
@@ -527,9 +552,10 @@ class ConsensusEngine:
     # ---- restart, resend ---------------------------------------------------------------
 
     def _restore_from_records(self, out: list[Effect]) -> bool:
-        """Re-enter the height as we left it: our recorded votes count again and our
-        lock is the value of our latest non-nil precommit (line 36 locks exactly when it
-        precommits)."""
+        """Re-enter the height as we left it: our recorded votes count again, our lock is
+        the value of our latest non-nil precommit (line 36 locks exactly when it
+        precommits), and its proof gives back the locked block and the prevotes that
+        justify re-proposing it (our valid value)."""
         mine = sorted((rec for k, rec in self._records.items() if k[0] == self.height),
                       key=lambda rec: (rec.round, _STEP_ORDER[rec.step]))
         if not mine:
@@ -538,20 +564,43 @@ class ConsensusEngine:
             msg = rec.decoded()
             if isinstance(msg, Vote):
                 rv = self._round(rec.round)
-                votes, _ = rv.book(msg.type)
-                if msg.validator not in votes and msg.validator in self.validators:
+                if rv.votes_of(msg.type, msg.validator) is None \
+                        and msg.validator in self.validators:
                     rv.add(msg)
                 if msg.type == PRECOMMIT and msg.block_hash != NIL:
                     self.locked_value, self.locked_round = msg.block_hash, msg.round
+                    if rec.proof is not None:
+                        self._restore_proof(rec.proof, msg.round)
         return True
+
+    def _restore_proof(self, proof: LockProof, r: int) -> None:
+        if self._precheck(proof.block) is not None:
+            return
+        h = proof.block.hash()
+        self._blocks[h] = proof.block
+        self._verdicts[h] = True  # we validated it before locking on it, at this height
+        self.valid_value, self.valid_round = h, r
+        rv = self._round(r)
+        for v in proof.prevotes:
+            if v.validator in self.validators and rv.votes_of(PREVOTE, v.validator) is None \
+                    and v.verify(self.chain_id):
+                rv.add(v)
 
     def _resend(self, rec: SignedRecord, out: list[Effect]) -> None:
         out.append(Broadcast(rec.decoded(), rec.message))
 
     def _rebroadcast(self, out: list[Effect]) -> None:
+        """Resend our messages of the last two rounds, our votes of the rounds we locked
+        or saw a valid value in (others may need them as a proof of lock), and the proof
+        of lock of our current proposal."""
+        keep = {self.round, self.round - 1, self.locked_round, self.valid_round}
         for k in sorted(self._records, key=lambda k: (k[1], _STEP_ORDER[k[2]])):
-            if k[0] == self.height and k[1] >= self.round - 1:
+            if k[0] == self.height and k[1] in keep:
                 self._resend(self._records[k], out)
+        rv = self._rounds.get(self.round)
+        if rv is not None and rv.proposal is not None and rv.proposal.proposer == (
+                self.key.public if self.key else None):
+            self._relay_proof_of_lock(rv.proposal, out)
 
     def _me(self) -> bytes:
         assert self.key is not None

@@ -95,8 +95,38 @@ class EngineConfig:
         raise ValueError(f"{kind} has no fixed duration")
 
 
+MAX_RECORD_BYTES = 2 * MAX_CONSENSUS_MESSAGE_BYTES
+"""A record holds a signed message and at most one block besides (a lock proof)."""
+
+
 class RecordError(ValueError):
     """A persisted signing record that does not decode or does not match its message."""
+
+
+@dataclass(frozen=True, slots=True)
+class LockProof:
+    """Why we precommitted a block: the block and the +2/3 prevotes for it in that round.
+    Kept with the precommit so that a restarted node still holds its locked value and
+    can re-propose it with a proof of lock; without them, locked and unlocked honest
+    validators can block each other forever."""
+
+    block: Block
+    prevotes: tuple[Vote, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"block": self.block.to_wire(), "prevotes": [v.to_wire() for v in self.prevotes]}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> LockProof:
+        if type(obj) is not dict or set(obj) != {"block", "prevotes"}:
+            raise RecordError("lock proof must be a map of block, prevotes")
+        if type(obj["prevotes"]) is not list or len(obj["prevotes"]) > 1000:
+            raise RecordError("lock proof prevotes must be a list")
+        try:
+            return cls(Block.from_wire(obj["block"]),
+                       tuple(Vote.from_wire(v) for v in obj["prevotes"]))
+        except ValueError as exc:
+            raise RecordError(f"lock proof: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,13 +141,16 @@ class SignedRecord:
     """The value signed; NIL for a nil vote."""
     message: bytes
     """The encoded consensus message (a Proposal or a Vote)."""
+    proof: LockProof | None = None
+    """For a precommit of a block: what we locked on and why."""
 
     def key(self) -> tuple[int, int, Step]:
         return (self.height, self.round, self.step)
 
     def encode(self) -> bytes:
         return encode({"height": self.height, "round": self.round, "step": self.step.value,
-                       "hash": self.block_hash, "msg": self.message})
+                       "hash": self.block_hash, "msg": self.message,
+                       "proof": None if self.proof is None else self.proof.to_wire()})
 
     def decoded(self) -> Proposal | Vote:
         msg = decode_message(self.message)
@@ -125,21 +158,40 @@ class SignedRecord:
         return msg
 
     @classmethod
-    def of(cls, msg: Proposal | Vote) -> SignedRecord:
+    def of(cls, msg: Proposal | Vote, proof: LockProof | None = None) -> SignedRecord:
         raw = encode_message(msg)
         if isinstance(msg, Proposal):
+            assert proof is None
             return cls(msg.height, msg.round, Step.PROPOSE, msg.block_hash, raw)
-        return cls(msg.height, msg.round, Step(msg.type), msg.block_hash, raw)
+        rec = cls(msg.height, msg.round, Step(msg.type), msg.block_hash, raw, proof)
+        rec.check_proof()
+        return rec
+
+    def check_proof(self) -> None:
+        p = self.proof
+        if p is None:
+            return
+        if self.step is not Step.PRECOMMIT or self.block_hash == NIL:
+            raise RecordError("only a precommit of a block carries a lock proof")
+        if p.block.hash() != self.block_hash or p.block.height != self.height:
+            raise RecordError("lock proof holds another block")
+        seen = set()
+        for v in p.prevotes:
+            if (v.type != PREVOTE or v.height != self.height or v.round != self.round
+                    or v.block_hash != self.block_hash or v.validator in seen):
+                raise RecordError("lock proof prevote does not support the lock")
+            seen.add(v.validator)
 
     @classmethod
     def decode(cls, data: bytes) -> SignedRecord:
         """Checks that the record is internally consistent (the message says what the
         record says), so a corrupted store cannot smuggle in a different value."""
         try:
-            obj: Any = decode(data, max_size=MAX_CONSENSUS_MESSAGE_BYTES + 1024)
+            obj: Any = decode(data, max_size=MAX_RECORD_BYTES)
         except DecodeError as exc:
             raise RecordError(f"undecodable signing record: {exc}") from None
-        if type(obj) is not dict or set(obj) != {"height", "round", "step", "hash", "msg"}:
+        if type(obj) is not dict or set(obj) != {"height", "round", "step", "hash", "msg",
+                                                  "proof"}:
             raise RecordError("signing record fields wrong")
         if obj["step"] not in {s.value for s in Step} or type(obj["msg"]) is not bytes:
             raise RecordError("signing record step or message malformed")
@@ -149,7 +201,10 @@ class SignedRecord:
             raise RecordError(f"signing record message: {exc}") from None
         if not isinstance(msg, Proposal | Vote):
             raise RecordError("signing record holds neither a proposal nor a vote")
-        rec = cls.of(msg)
+        proof = None if obj["proof"] is None else LockProof.from_wire(obj["proof"])
+        if proof is not None and not isinstance(msg, Vote):
+            raise RecordError("a proposal record carries no lock proof")
+        rec = cls.of(msg, proof) if isinstance(msg, Vote) else cls.of(msg)
         if (rec.height, rec.round, rec.step.value, rec.block_hash) != (
                 obj["height"], obj["round"], obj["step"], obj["hash"]):
             raise RecordError("signing record does not match its message")
@@ -238,12 +293,17 @@ Effect = (PersistSigned | Broadcast | ScheduleTimeout | RequestProposal | Valida
 
 @dataclass(slots=True)
 class RoundVotes:
-    """One round's proposal and votes at the current height, with running tallies."""
+    """One round's proposal and votes at the current height, with running tallies.
+
+    A quorum in Algorithm 1 is a set of distinct validators that sent *that* message, so
+    an equivocating validator counts towards every value it signed that we accepted; the
+    engine bounds which second values it accepts (NIL, or blocks it knows)."""
 
     proposal: Proposal | None = None
     timely: bool = False
-    prevotes: dict[bytes, Vote] = field(default_factory=dict)
-    precommits: dict[bytes, Vote] = field(default_factory=dict)
+    prevotes: dict[bytes, dict[bytes, Vote]] = field(default_factory=dict)
+    precommits: dict[bytes, dict[bytes, Vote]] = field(default_factory=dict)
+    """validator -> block hash -> vote."""
     prevote_tally: dict[bytes, int] = field(default_factory=dict)
     precommit_tally: dict[bytes, int] = field(default_factory=dict)
     senders: set[bytes] = field(default_factory=set)
@@ -252,21 +312,37 @@ class RoundVotes:
     polka_seen: bool = False
     """Line 36 of Algorithm 1 fired in this round (it fires once)."""
 
-    def book(self, vote_type: str) -> tuple[dict[bytes, Vote], dict[bytes, int]]:
+    def book(self, vote_type: str) -> tuple[dict[bytes, dict[bytes, Vote]], dict[bytes, int]]:
         if vote_type == PREVOTE:
             return self.prevotes, self.prevote_tally
         return self.precommits, self.precommit_tally
 
+    def votes_of(self, vote_type: str, validator: bytes) -> dict[bytes, Vote] | None:
+        return self.book(vote_type)[0].get(validator)
+
+    def voters(self, vote_type: str) -> int:
+        """Distinct validators with any vote of this type in this round."""
+        return len(self.book(vote_type)[0])
+
+    def votes_for(self, vote_type: str, block_hash: bytes) -> list[Vote]:
+        out = []
+        for by_hash in self.book(vote_type)[0].values():
+            v = by_hash.get(block_hash)
+            if v is not None:
+                out.append(v)
+        return out
+
     def add(self, vote: Vote) -> None:
         votes, tally = self.book(vote.type)
-        assert vote.validator not in votes
-        votes[vote.validator] = vote
+        by_hash = votes.setdefault(vote.validator, {})
+        assert vote.block_hash not in by_hash
+        by_hash[vote.block_hash] = vote
         tally[vote.block_hash] = tally.get(vote.block_hash, 0) + 1
         self.senders.add(vote.validator)
 
 
 __all__ = [
-    "NIL", "Behind", "Broadcast", "Commit", "Effect", "EngineConfig", "EvidenceFound",
+    "NIL", "Behind", "LockProof", "Broadcast", "Commit", "Effect", "EngineConfig", "EvidenceFound",
     "PersistSigned", "RecordError", "RequestProposal", "RoundVotes", "ScheduleTimeout",
     "SignedRecord", "Step", "Timeout", "TimeoutKind", "ValidateBlock",
 ]

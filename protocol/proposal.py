@@ -34,7 +34,8 @@ class MessageError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Proposal:
-    """`proposer` proposes `block` at height/round; `pol_round` is -1 or < round."""
+    """`proposer` proposes `block` at height/round; `pol_round` is -1 or < round.
+    Build one with `create` or `from_wire`, which keep `block_hash == block.hash()`."""
 
     height: int
     round: int
@@ -42,24 +43,22 @@ class Proposal:
     block: Block
     proposer: bytes
     sig: bytes
-
-    @property
-    def block_hash(self) -> bytes:
-        return self.block.hash()
+    block_hash: bytes
+    """`block.hash()`, computed once (hashing a header means encoding it)."""
 
     def body(self) -> dict[str, Any]:
         return {"height": self.height, "round": self.round, "pol_round": self.pol_round,
-                "block": self.block.hash()}
+                "block": self.block_hash}
 
     @classmethod
     def create(cls, key: SigningKey, chain_id: bytes, height: int, round: int,
                pol_round: int, block: Block) -> Proposal:
         assert block.height == height, "a proposal carries a block of its own height"
         assert pol_round == -1 or 0 <= pol_round < round
-        body = {"height": height, "round": round, "pol_round": pol_round,
-                "block": block.hash()}
+        bh = block.hash()
+        body = {"height": height, "round": round, "pol_round": pol_round, "block": bh}
         return cls(height, round, pol_round, block, key.public,
-                   sign(key, Domain.PROPOSAL, chain_id, body))
+                   sign(key, Domain.PROPOSAL, chain_id, body), bh)
 
     def verify(self, chain_id: bytes) -> bool:
         return check_signature(Domain.PROPOSAL, chain_id, self.body(), self.proposer, self.sig)
@@ -96,7 +95,7 @@ class Proposal:
             raise MessageError("proposal block is for another height")
         if block.hash() != b["block"]:
             raise MessageError("proposal signs another block than the one it carries")
-        return cls(h, r, pol, block, signer, sig)
+        return cls(h, r, pol, block, signer, sig, b["block"])
 
 
 ConsensusMessage = Proposal | Vote | Evidence

@@ -1,0 +1,103 @@
+"""A run's parameters, drawn from its seed alone (plus the optional size override), so
+`python -m tests.sim --seed S [--nodes K] [--mode M]` replays a run exactly."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+SIZES = (1, 2, 3, 4, 7, 10)
+SIZE_WEIGHTS = (2, 2, 2, 4, 3, 1)
+
+BEHAVIOURS = ("equivocate_proposal", "double_vote", "invalid_block", "bad_signature",
+              "garbage", "sync_liar", "silent")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    seed: int
+    mode: str
+    size: int
+    """Validators at genesis."""
+    joiner: bool
+    """An extra node, not a validator at genesis, that an `add` makes one (at H+2)."""
+    remove: bool
+    """After the joiner is in, one honest founding validator is removed."""
+    byzantine: tuple[tuple[int, tuple[str, ...]], ...]
+    """(validator index, behaviours) for Byzantine validators."""
+    twin: int | None
+    """A validator index whose key also runs on an extra node (counts as Byzantine)."""
+    outsider: tuple[str, ...]
+    """Behaviours of a non-validator attacker node (no key in any validator set)."""
+    loss: float
+    dup: float
+    replay: float
+    delay_ms: tuple[int, int]
+    partitions: int
+    """Links cut one by one (and groups split) during the safety phase."""
+    crashes: int
+    crash_modes: tuple[str, ...]
+    skew_ms: tuple[int, ...] = field(default=())
+    safety_ms: int = 12_000
+    liveness_ms: int = 60_000
+    liveness_blocks: int = 3
+    tx_interval_ms: int = 250
+
+    @property
+    def faulty_validators(self) -> int:
+        return len(self.byzantine) + (1 if self.twin is not None else 0)
+
+    def command(self) -> str:
+        """The one command that replays this run exactly."""
+        return (f".venv/bin/python -m tests.sim --seed {self.seed} --nodes {self.size}"
+                f" --mode {self.mode}")
+
+    def describe(self) -> str:
+        byz = ",".join(f"v{i}:{'+'.join(b)}" for i, b in self.byzantine) or "-"
+        return (f"seed={self.seed} mode={self.mode} validators={self.size} "
+                f"joiner={self.joiner} remove={self.remove} byzantine={byz} "
+                f"twin={self.twin} outsider={'+'.join(self.outsider) or '-'} "
+                f"loss={self.loss:.2f} dup={self.dup:.2f} replay={self.replay:.2f} "
+                f"delay={self.delay_ms} partitions={self.partitions} "
+                f"crashes={self.crashes}({','.join(self.crash_modes)})")
+
+
+def draw(seed: int, size: int | None = None, mode: str = "toy",
+         drift_ms: int = 1000) -> Scenario:
+    rng = random.Random(f"scenario/{seed}")
+    drawn = rng.choices(SIZES, SIZE_WEIGHTS)[0]  # drawn even when overridden: same stream
+    size = drawn if size is None else size
+    joiner = rng.random() < 0.4
+    remove = joiner and rng.random() < 0.6
+    # Byzantine budget: fewer than a third of the smallest validator set of the run.
+    f = (size - 1) // 3
+    n_faulty = rng.randint(0, f) if f and rng.random() < 0.7 else 0
+    order = list(range(size))
+    rng.shuffle(order)
+    twin: int | None = None
+    byzantine: list[tuple[int, tuple[str, ...]]] = []
+    if n_faulty and rng.random() < 0.3:
+        twin = order.pop()
+        n_faulty -= 1
+    for _ in range(n_faulty):
+        k = rng.randint(1, 3)
+        byzantine.append((order.pop(), tuple(sorted(rng.sample(BEHAVIOURS, k)))))
+    byzantine.sort()
+    outsider: tuple[str, ...] = ()
+    if rng.random() < 0.3:
+        outsider = tuple(sorted(rng.sample(("bad_signature", "garbage", "sync_liar"),
+                                           rng.randint(1, 3))))
+    loss = rng.choice((0.0, 0.0, 0.05, 0.1, 0.2, 0.3))
+    dup = rng.choice((0.0, 0.1, 0.3, 0.5))
+    replay = rng.choice((0.0, 0.0, 0.05, 0.2))
+    dmax = rng.choice((20, 60, 150, 400))
+    partitions = rng.choice((0, 0, 1, 2, 4))
+    crashes = rng.choice((0, 0, 1, 2, 4))
+    modes = tuple(rng.choice(("clean", "mid_append", "torn_tail", "garbage_tail"))
+                  for _ in range(crashes))
+    n_nodes = size + joiner + (twin is not None) + bool(outsider)
+    skew = tuple(rng.randint(-drift_ms // 4, drift_ms // 4) for _ in range(n_nodes))
+    return Scenario(seed=seed, mode=mode, size=size, joiner=joiner, remove=remove,
+                    byzantine=tuple(byzantine), twin=twin, outsider=outsider, loss=loss,
+                    dup=dup, replay=replay, delay_ms=(1, dmax), partitions=partitions,
+                    crashes=crashes, crash_modes=modes, skew_ms=skew)

@@ -824,6 +824,11 @@ class Network:
                 for key in list(seen)[: max(0, len(seen) - 256)]:
                     del seen[key]
             connected = self._connected()
+            for peer_id in connected - self._book.targets.keys():
+                # Peers that dialled us become targets too, so that we redial them if
+                # the link drops, whichever side it was that dialled first.
+                addrs = [a for a in self._known_addrs(peer_id) if "/tcp/" in a]
+                self._book.add_target(peer_id, addrs, persistent=False, now=now)
             for peer_id in [p for p, s in self._outbound.items() if p not in connected]:
                 if self._outbound[peer_id].value == self.limits.max_concurrent_requests_per_peer:
                     del self._outbound[peer_id]
@@ -834,7 +839,8 @@ class Network:
                 self._nursery.start_soon(self._exchange_peers, peer_id)
 
     async def _serve_peer_exchange(self, requester: str, request: bytes) -> bytes:
-        entries = []
+        """This node's own addresses first, then its connected peers' (not the requester's)."""
+        entries = [[self.peer_id, [a.rsplit("/p2p/", 1)[0] for a in self._listen_addrs[:4]]]]
         for peer_id in sorted(self._connected()):
             if peer_id == requester or self._book.is_banned(peer_id, trio.current_time()):
                 continue

@@ -115,6 +115,11 @@ class Peer:
             wanted = set(cmd["peers"])
             await self.until(lambda: wanted <= {p.peer_id for p in self.net.peers()}, timeout)
             return self.info()
+        if name == "wait_disconnected":
+            await self.until(
+                lambda: cmd["peer"] not in {p.peer_id for p in self.net.peers()}, timeout
+            )
+            return self.info()
         if name == "wait_banned":
             await self.until(
                 lambda: (
@@ -277,7 +282,7 @@ def main() -> None:
         stream=sys.stderr,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    logging.getLogger("node.net").setLevel(logging.INFO)
+    logging.getLogger("node.net").setLevel(logging.DEBUG)
     trio.run(Peer(args).main)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ledger.core import schedule_validators
 from ledger.genesis import Genesis
@@ -35,8 +36,7 @@ class BlockRejected(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class TxOutcome:
+class TxOutcome(NamedTuple):
     id: bytes
     kind: str
     signer: bytes
@@ -71,13 +71,15 @@ def nonce_reason(signer: bytes, nonce: int, last: int) -> str:
 def run_tx(ex: Exec, tx: Transaction, index: int) -> Result:
     """Execute one transaction or raise `TxRejected`, leaving no trace if it fails."""
     state = ex.state
-    signer = tx.signer
+    env = tx.envelope
+    signer = env.signer
+    body = env.body
     acct = state.data["accounts"].get(signer)
-    last = int(acct["nonce"]) if acct is not None else 0
-    nonce = tx.nonce
+    last = acct["nonce"] if acct is not None else 0
+    nonce = body["nonce"]
     if nonce != last + 1:
         raise TxRejected(nonce_reason(signer, nonce, last))
-    kind = tx.kind
+    kind = body["kind"]
     handler = ex.rules.handlers.get(kind)
     if handler is None:
         raise TxRejected(f"{kind} is not enabled on this ledger yet")
@@ -88,7 +90,7 @@ def run_tx(ex: Exec, tx: Transaction, index: int) -> Result:
         # A well-formed row by construction: written without the per-write check.
         state.undo.append(("accounts", signer, acct))
         state.data["accounts"][signer] = row
-        return handler(ex, Call(tx.id, signer, kind, nonce, tx.args, index))
+        return handler(ex, Call(tx.id, signer, kind, nonce, dict(body["args"]), index))
     except TxRejected:
         state.rollback(mark)
         raise

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from ledger.core import unpack_ids
@@ -25,6 +25,7 @@ from ledger.execute import (
     genesis_changes,
     run_tx,
 )
+from ledger.gcpause import gc_paused
 from ledger.genesis import Genesis
 from ledger.modules import DEFAULT_RULES
 from ledger.money import conservation
@@ -42,6 +43,7 @@ from protocol.block import (
     commit_hash,
     evidence_hash,
 )
+from protocol.crypto import sha256
 from protocol.encoding import decode, encode
 from protocol.merkle import inclusion_proof, merkle_root
 from protocol.transactions import Transaction, TxError, decode_tx
@@ -106,8 +108,9 @@ class Ledger:
                     other = store.meta("chain_id") or b""
                     raise LedgerError(f"the store at {path} belongs to chain {other.hex()}, "
                                       f"not {genesis.chain_id.hex()}")
-                store.load_state(state)
-                state.hash = state.recompute_hash()
+                with gc_paused():
+                    store.load_state(state)
+                    state.hash = state.recompute_hash()
                 last = store.last_block()
                 expected = last[3] if last else store.meta("genesis_state_root")
                 if state.root() != expected:
@@ -178,6 +181,12 @@ class Ledger:
         ids are in `verified`. Evidence that does not check out is left out silently.
         Transactions beyond the block's size limits are neither included nor rejected.
         """
+        with gc_paused():
+            return self._build_block(txs, time_ms, proposer, last_commit, evidence, verified)
+
+    def _build_block(self, txs: Sequence[Transaction], time_ms: int, proposer: bytes,
+                     last_commit: Certificate | None, evidence: Sequence[Evidence],
+                     verified: Collection[bytes]) -> tuple[Block, list[tuple[bytes, str]]]:
         height = self.height + 1
         try:
             self._check_time(time_ms)
@@ -255,11 +264,22 @@ class Ledger:
         if self._state.has("evidence", e.hash()):
             raise BlockRejected(f"evidence {e.hash().hex()} is already recorded")
 
-    def check_block(self, block: Block, verified: Collection[bytes] = ()) -> None:
-        """Raise `BlockRejected` unless `block` is a valid next block; cache its execution."""
+    def check_block(self, block: Block, verified: Collection[bytes] = (),
+                    known: Mapping[bytes, Transaction] | None = None) -> None:
+        """Raise `BlockRejected` unless `block` is a valid next block; cache its execution.
+
+        `verified`: ids of transactions whose signatures the caller already checked.
+        `known`: transactions the caller already decoded (and verified), by id, such as
+        a mempool's; they are used instead of decoding the block's bytes again.
+        """
         bh = block.hash()
         if bh in self._cache:
             return
+        with gc_paused():
+            self._check_block(block, bh, verified, known or {})
+
+    def _check_block(self, block: Block, bh: bytes, verified: Collection[bytes],
+                     known: Mapping[bytes, Transaction]) -> None:
         h = block.header
         height = self.height + 1
         if h.version != PROTOCOL_VERSION:
@@ -299,6 +319,10 @@ class Ledger:
             seen.add(e.hash())
         txs = []
         for i, raw in enumerate(block.txs):
+            mine = known.get(sha256(raw)) if known else None
+            if mine is not None and mine.raw == raw:
+                txs.append(mine)
+                continue
             try:
                 tx = decode_tx(raw)
             except TxError as exc:
@@ -321,11 +345,15 @@ class Ledger:
 
     def commit(self, block: Block, certificate: Certificate) -> None:
         """Make `block` the next committed block; durable before returning."""
+        with gc_paused():
+            self._commit(block, certificate)
+
+    def _commit(self, block: Block, certificate: Certificate) -> None:
         bh = block.hash()
         executed = self._cache.get(bh)
         if executed is None or executed.settled_root != self.state_root \
                 or executed.height != self.height + 1:
-            self.check_block(block)
+            self._check_block(block, bh, (), {})
             executed = self._cache[bh]
         try:
             certificate.verify(self.chain_id, self.validators_at(block.height), bh)
@@ -365,7 +393,7 @@ class Ledger:
     def tx_result(self, txid: bytes) -> tuple[int, int, Any] | None:
         """(height, index, result) of a committed transaction."""
         row = self._store.tx(txid)
-        return None if row is None else (row[0], row[1], row[5])
+        return None if row is None else (row[0], row[1], row[3])
 
     def tx_proof(self, txid: bytes) -> tuple[Header, int, bytes, list[bytes]] | None:
         """A committed transaction with its Merkle inclusion proof against its header."""

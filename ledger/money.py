@@ -106,11 +106,12 @@ def credit(ex: Exec, who: bytes, amount: int) -> int:
         row["arrears_head"] = head
         assert row["arrears"] >= 0 and (row["arrears"] == 0) == (head == tail)
         ex.put("accounts", who, row)
-    for kind, ref, pay in payments:
-        ex.rules.arrears_payees[kind](ex, who, ref, pay)
+    if payments:
+        for kind, ref, pay in payments:
+            ex.rules.arrears_payees[kind](ex, who, ref, pay)
+        row = account(ex, who)  # payees may have written this account
     if rest:
-        row = account(ex, who)
-        new = int(row["balance"]) + rest
+        new = row["balance"] + rest
         if new > MAX_BALANCE:
             raise TxRejected(f"balance of {id_text(who)} would exceed {MAX_BALANCE}")
         row["balance"] = new

@@ -62,7 +62,6 @@ class Table:
             assert n.isidentifier() and t in _SQL_TYPES, (self.name, n, t)
         object.__setattr__(self, "key_names", tuple(n for n, _ in self.key))
         object.__setattr__(self, "column_names", tuple(n for n, _ in self.columns))
-        object.__setattr__(self, "_column_set", frozenset(self.column_names))
         object.__setattr__(self, "_key_types", tuple(t for _, t in self.key))
         getter = operator.itemgetter(*self.column_names) if self.columns else (lambda r: ())
         object.__setattr__(self, "values", getter if len(self.columns) != 1
@@ -85,12 +84,16 @@ class Table:
                 type(v) is not t for v, t in zip(key, kt, strict=False)):
             raise RowError(f"{self.name}: key must be a tuple of {self.key_names} "
                            f"({', '.join(t.__name__ for t in kt)}), got {key!r}")
-        if type(row) is not dict or row.keys() != self._column_set:  # type: ignore[attr-defined]
+        if type(row) is not dict or len(row) != len(self.columns):
             raise RowError(f"{self.name}: row must have exactly the columns "
                            f"{self.column_names}, got {row!r}")
-        for n, t in self.columns:
-            if type(row[n]) is not t:
-                raise RowError(f"{self.name}.{n} must be {t.__name__}, got {row[n]!r}")
+        try:  # as many keys as columns, and every column present: exactly the columns
+            for n, t in self.columns:
+                if type(row[n]) is not t:
+                    raise RowError(f"{self.name}.{n} must be {t.__name__}, got {row[n]!r}")
+        except KeyError:
+            raise RowError(f"{self.name}: row must have exactly the columns "
+                           f"{self.column_names}, got {row!r}") from None
 
     def entry(self, key: Key, row: Row) -> bytes:
         """The bytes hashed into the state root for one row (table, key, column values)."""

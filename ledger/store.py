@@ -33,10 +33,15 @@ STORE_TABLES = (
         raw BLOB NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS chain_certificates (
         height INTEGER PRIMARY KEY, raw BLOB NOT NULL)""",
+    # Where each committed transaction is; the rest of it is in its block. Kept narrow on
+    # purpose: one random-key insert per transaction is the store's main cost.
     """CREATE TABLE IF NOT EXISTS chain_txs (
         id BLOB PRIMARY KEY, height INTEGER NOT NULL, idx INTEGER NOT NULL,
-        kind TEXT NOT NULL, signer BLOB NOT NULL, nonce INTEGER NOT NULL,
-        result TEXT) WITHOUT ROWID""",
+        kind TEXT NOT NULL) WITHOUT ROWID""",
+    # Results (JSON) of the transactions that return one; appended in block order.
+    """CREATE TABLE IF NOT EXISTS chain_tx_results (
+        height INTEGER NOT NULL, idx INTEGER NOT NULL, result TEXT NOT NULL,
+        PRIMARY KEY (height, idx)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS chain_validators (
         from_height INTEGER PRIMARY KEY, members BLOB NOT NULL)""",
 )
@@ -163,11 +168,13 @@ class Store:
                        raw_block))
             c.execute("INSERT INTO chain_certificates (height, raw) VALUES (?, ?)",
                       (height, raw_certificate))
-            c.executemany(
-                "INSERT INTO chain_txs (id, height, idx, kind, signer, nonce, result) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(o.id, height, i, o.kind, o.signer, o.nonce, _result_json(o.result))
-                 for i, o in enumerate(outcomes)])
+            c.executemany("INSERT INTO chain_txs (id, height, idx, kind) VALUES (?, ?, ?, ?)",
+                          [(o.id, height, i, o.kind) for i, o in enumerate(outcomes)])
+            results = [(height, i, _result_json(o.result)) for i, o in enumerate(outcomes)
+                       if o.result is not None]
+            if results:
+                c.executemany("INSERT INTO chain_tx_results (height, idx, result) "
+                              "VALUES (?, ?, ?)", results)
             self._write_changes(changes)
             if new_validators is not None:
                 c.execute("INSERT INTO chain_validators (from_height, members) VALUES (?, ?)",
@@ -210,13 +217,15 @@ class Store:
                                 (height,)).fetchone()
         return None if row is None else bytes(row[0])
 
-    def tx(self, txid: bytes) -> tuple[int, int, str, bytes, int, Any] | None:
-        row = self.conn.execute("SELECT height, idx, kind, signer, nonce, result FROM chain_txs "
-                                "WHERE id = ?", (txid,)).fetchone()
+    def tx(self, txid: bytes) -> tuple[int, int, str, Any] | None:
+        """(height, index, kind, result) of a committed transaction."""
+        row = self.conn.execute(
+            "SELECT t.height, t.idx, t.kind, r.result FROM chain_txs t LEFT JOIN "
+            "chain_tx_results r ON r.height = t.height AND r.idx = t.idx WHERE t.id = ?",
+            (txid,)).fetchone()
         if row is None:
             return None
-        return (row[0], row[1], row[2], bytes(row[3]), row[4],
-                None if row[5] is None else json.loads(row[5]))
+        return (row[0], row[1], row[2], None if row[3] is None else json.loads(row[3]))
 
     def blocks(self, start: int = 1) -> Iterator[tuple[int, bytes, bytes]]:
         """(height, raw block, raw certificate) from `start` on."""

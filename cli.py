@@ -1095,6 +1095,102 @@ def audit_parallel_prefetch(workers: int) -> Any:
     return prefetch
 
 
+AUDIT_FETCH_BATCH = 16
+AUDIT_FETCH_TIMEOUT = 60.0
+
+
+async def audit_fetch(peer: str, genesis: Any, out: Any,
+                      progress: Callable[[int, int], None] | None = None) -> tuple[int, bytes]:
+    """Fetch a node's whole chain over the block-sync protocol into a log file.
+
+    Nothing the peer says is trusted: its blocks go into the log as they come and the
+    replay checks them; its claimed height only says when to stop asking (a peer that
+    stops short is reported). Returns the (height, block hash) the peer claimed.
+    """
+    import secrets
+
+    import trio
+
+    from ledger.export import LogWriter
+    from node.driver import sync_protocol
+    from node.net import Network, NetworkError, split_p2p_addr
+    from protocol.encoding import encode
+    from protocol.sync import (
+        SyncError,
+        SyncRequest,
+        SyncResponse,
+        SyncStatus,
+        decode_sync_message,
+        encode_sync_message,
+    )
+
+    try:
+        peer_id, _ = split_p2p_addr(peer)
+    except ValueError as exc:
+        fail(f"--peer: {exc}", Exit.USAGE)
+    chain_id = genesis.chain_id
+    proto = sync_protocol(chain_id)
+    net = Network(secrets.token_bytes(32), ["/ip4/127.0.0.1/tcp/0"], bootstrap=[peer],
+                  peer_exchange=False)
+    writer = LogWriter(out, genesis.encode(), chain_id)
+
+    async def ask(msg: Any) -> Any:
+        try:
+            reply = await net.request(peer_id, proto, encode_sync_message(msg),
+                                      timeout=AUDIT_FETCH_TIMEOUT)
+            return decode_sync_message(reply)
+        except SyncError as exc:
+            fail(f"the peer answered with a malformed sync message: {exc}", Exit.FAILED)
+
+    async def fetch_all() -> SyncStatus:
+        # Let the network's own dialer connect first: a request racing it can lose its
+        # stream when the two connections to the same peer are deduplicated.
+        with trio.move_on_after(AUDIT_FETCH_TIMEOUT / 2):
+            await net.wait_for_peers(1)
+        status = await ask(SyncStatus(0, chain_id))
+        if not isinstance(status, SyncStatus):
+            fail("the peer did not answer the status request with its status", Exit.FAILED)
+        h, count, rid = 1, AUDIT_FETCH_BATCH, 1
+        while h <= status.height:
+            try:
+                resp = await ask(SyncRequest(rid, h, count))
+            except NetworkError as exc:
+                if exc.reason == "too_large" and count > 1:
+                    count = max(1, count // 2)
+                    continue
+                raise
+            if not isinstance(resp, SyncResponse) or resp.request_id != rid:
+                fail("the peer answered a block request with something else", Exit.FAILED)
+            if not resp.items:
+                fail(f"the peer claims height {status.height} but serves nothing from "
+                     f"block {h}", Exit.FAILED)
+            for block, cert in resp.items:
+                writer.block(h, block.encode(), encode(cert.to_wire()), block.hash())
+                h += 1
+            rid += 1
+            if progress is not None:
+                progress(h - 1, status.height)
+        return status
+
+    # Errors are carried out of the nursery by hand: trio would wrap them in a group.
+    outcome: list[SyncStatus | CommandError | NetworkError] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        try:
+            outcome.append(await fetch_all())
+        except (CommandError, NetworkError) as exc:
+            outcome.append(exc)
+        finally:
+            nursery.cancel_scope.cancel()
+    status = outcome[0]
+    if isinstance(status, CommandError):
+        raise status
+    if isinstance(status, NetworkError):
+        fail(f"cannot fetch from {peer}: {status}", Exit.UNREACHABLE)
+    writer.finish()
+    return status.height, status.block_hash
+
+
 def _audit_workers(workers: int | None) -> int:
     if workers is not None:
         return workers
@@ -1342,7 +1438,8 @@ def audit_export(home: Path | None, out: Path, force: bool, as_json: bool) -> No
 @click.option("--genesis", "genesis_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="The commune's genesis: the log must be of this commune.")
 @click.option("--peer", default=None, metavar="MULTIADDR",
-              help="Fetch the log from this node over block sync instead of a file.")
+              help="Fetch the chain from this node (/ip4/../tcp/../p2p/<id>) over block sync "
+                   "instead of reading a file; needs --genesis.")
 @click.option("--workers", type=click.IntRange(0, 64), default=None,
               help="Processes verifying signatures ahead of execution (default: one per "
                    "core, 0 on one core).")
@@ -1357,23 +1454,38 @@ def audit_replay(file: Path | None, genesis_path: Path | None, peer: str | None,
     conserved and nothing is negative after every block. On the first failure: the
     block, the transaction, what failed; exit code 1.
     """
+    from typing import BinaryIO
+
     from ledger.audit import audit_log
 
     if (file is None) == (peer is None):
         fail("give either a log FILE or --peer MULTIADDR", Exit.USAGE)
-    if peer is not None:
-        fail("--peer is not available yet: export the log on a node with `commune audit "
-             "export` and replay the file", Exit.USAGE)
-    assert file is not None
     expected = _load_genesis_file(genesis_path) if genesis_path is not None else None
-    try:
-        stream = open(file, "rb")  # noqa: SIM115 - closed below, streamed by the replay
-    except FileNotFoundError:
-        fail(f"no such file {file}", Exit.NOT_FOUND)
-    except OSError as exc:
-        fail(f"cannot read {file}: {exc}", Exit.FAILED)
-    total = os.fstat(stream.fileno()).st_size
     show = not as_json and stderr_console.is_terminal
+    claimed: tuple[int, bytes] | None = None
+    stream: BinaryIO
+    if peer is not None:
+        import tempfile
+
+        import trio
+
+        if expected is None:
+            fail("--peer needs the commune's --genesis: it is the one thing the audit trusts",
+                 Exit.USAGE)
+        stream = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+        with _audit_progress(show, None, "fetching") as bar:
+            claimed = trio.run(audit_fetch, peer, expected, stream,
+                               lambda h, top: bar.update(h, f"block {h:,}", total=top))
+        stream.seek(0)
+    else:
+        assert file is not None
+        try:
+            stream = open(file, "rb")  # noqa: SIM115 - closed below, streamed by the replay
+        except FileNotFoundError:
+            fail(f"no such file {file}", Exit.NOT_FOUND)
+        except OSError as exc:
+            fail(f"cannot read {file}: {exc}", Exit.FAILED)
+    total = os.fstat(stream.fileno()).st_size
     txs = 0
     with stream, _audit_progress(show, total, "replaying") as bar:
         def on_block(p: Any) -> None:
@@ -1388,6 +1500,14 @@ def audit_replay(file: Path | None, genesis_path: Path | None, peer: str | None,
     report = result.report()
     if result.auditor is not None:
         result.auditor.close()
+    if claimed is not None:
+        report["peer"] = {"address": peer, "claimed_height": claimed[0],
+                          "claimed_hash": claimed[1].hex()}
+        if result.ok and result.auditor is not None and (
+                result.auditor.last_hash != claimed[1] and result.auditor.height == claimed[0]):
+            warn(f"the peer's status named block hash {claimed[1].hex()} for height "
+                 f"{claimed[0]}, but it served a chain ending in "
+                 f"{result.auditor.last_hash.hex()}")
     emit(report, as_json, _show_audit_report)
     if result.failure is not None:
         fail(f"audit failed {_audit_failure_text(report['failure'])}", Exit.FAILED)

@@ -43,8 +43,9 @@ from ledger.genesis import Genesis, GenesisError
 from ledger.ledger import Ledger, LedgerError
 from ledger.rules import Rules
 from protocol.block import Block, BlockError
-from protocol.crypto import id_text, sha256
+from protocol.crypto import id_text, sha256, verify
 from protocol.encoding import DecodeError, decode
+from protocol.envelope import Domain
 from protocol.transactions import TxError, decode_tx
 from protocol.votes import Certificate, CertificateError
 
@@ -126,13 +127,35 @@ class SigVerdict:
     reason: str | None = None
 
 
-def check_signatures(chain_id: bytes, raw_block: bytes) -> SigVerdict:
-    """Decode a block's transactions and verify their signatures, stopping at the first bad one."""
-    try:
-        block = Block.decode(raw_block)
-    except BlockError as exc:
-        return SigVerdict(0, check="block-format", reason=str(exc))
-    for i, raw in enumerate(block.txs):
+# The canonical encoding of a transaction envelope {"body", "sig", "signer"} (keys in
+# canonical order) is: fixmap(3), "body", canonical(body), "sig", bin8(64) sig, "signer",
+# bin8(32) signer. So the signed body bytes are a slice of the raw transaction, and a
+# signature can be checked without decoding anything. This is sound because the ledger
+# decodes every transaction canonically before executing it (a raw transaction that is
+# not canonical is rejected there, see `Auditor.apply`), so for every transaction that
+# executes, the slice *is* canonical(body); anything not shaped like this is decoded in full.
+_ENV_PREFIX = b"\x83\xa4body"
+_ENV_SIG = b"\xa3sig\xc4\x40"
+_ENV_SIGNER = b"\xa6signer\xc4\x20"
+_ENV_SUFFIX = len(_ENV_SIG) + 64 + len(_ENV_SIGNER) + 32
+_TX_DOMAIN = Domain.TX.value
+
+
+def _verify_raw_tx(chain_id: bytes, raw: bytes) -> bool | None:
+    """The signature verdict from the raw bytes alone, or None if not shaped canonically."""
+    n = len(raw)
+    if (n <= len(_ENV_PREFIX) + _ENV_SUFFIX or raw[:6] != _ENV_PREFIX
+            or raw[n - 111:n - 105] != _ENV_SIG or raw[n - 41:n - 32] != _ENV_SIGNER):
+        return None
+    return verify(raw[n - 32:], raw[n - 105:n - 41], _TX_DOMAIN + chain_id + raw[6:n - 111])
+
+
+def check_block_signatures(chain_id: bytes, txs: tuple[bytes, ...]) -> SigVerdict:
+    """Verify every transaction signature of a block, stopping at the first bad one."""
+    assert _ENV_SUFFIX == 111
+    for i, raw in enumerate(txs):
+        if _verify_raw_tx(chain_id, raw):
+            continue
         try:
             tx = decode_tx(raw)
         except TxError as exc:
@@ -141,7 +164,19 @@ def check_signatures(chain_id: bytes, raw_block: bytes) -> SigVerdict:
             return SigVerdict(i, i, tx.id, "tx-signature",
                               f"bad signature by {id_text(tx.signer)} on {tx.kind} "
                               f"nonce {tx.nonce} (tampered, or signed for another commune)")
-    return SigVerdict(len(block.txs))
+        # A valid signature that the raw check missed: the bytes are not canonical.
+        return SigVerdict(i, i, tx.id, "tx-format", "the transaction is not canonically "
+                          "encoded")
+    return SigVerdict(len(txs))
+
+
+def check_signatures(chain_id: bytes, raw_block: bytes) -> SigVerdict:
+    """`check_block_signatures` from a block's bytes (what a worker process gets)."""
+    try:
+        block = Block.decode(raw_block)
+    except BlockError as exc:
+        return SigVerdict(0, check="block-format", reason=str(exc))
+    return check_block_signatures(chain_id, block.txs)
 
 
 def check_signatures_batch(chain_id: bytes, raw_blocks: list[bytes]) -> list[SigVerdict]:
@@ -149,19 +184,21 @@ def check_signatures_batch(chain_id: bytes, raw_blocks: list[bytes]) -> list[Sig
     return [check_signatures(chain_id, raw) for raw in raw_blocks]
 
 
-Prefetch = Callable[[bytes, Iterable[BlockRecord]], Iterator[tuple[BlockRecord, SigVerdict]]]
-"""Turns block records into (record, signature verdict) pairs, in order."""
+Prefetch = Callable[[bytes, Iterable[BlockRecord]],
+                    Iterator[tuple[BlockRecord, SigVerdict | None]]]
+"""Turns block records into (record, signature verdict) pairs, in order; a None verdict
+leaves the signatures to `Auditor.apply`."""
 
 
 def inline_prefetch(chain_id: bytes, records: Iterable[BlockRecord]
-                    ) -> Iterator[tuple[BlockRecord, SigVerdict]]:
+                    ) -> Iterator[tuple[BlockRecord, SigVerdict | None]]:
     for rec in records:
-        yield rec, check_signatures(chain_id, rec.block)
+        yield rec, None
 
 
 # ---- the replay ----------------------------------------------------------------------------
 
-_TX_REASON = re.compile(r"^transaction (\d+) \(")
+_TX_REASON = re.compile(r"^transaction (\d+)\b")
 
 
 @dataclass
@@ -251,7 +288,7 @@ class Auditor:
             raise _fail("chain", f"hash chain broken: prev_hash {hd.prev_hash.hex()} is not "
                         f"{what} ({self.last_hash.hex()})", h, offset=off)
         if verdict is None:
-            verdict = check_signatures(self.chain_id, rec.block)
+            verdict = check_block_signatures(self.chain_id, block.txs)
         if verdict.check is not None:
             assert verdict.reason is not None
             raise _fail(verdict.check, verdict.reason, h, tx_index=verdict.bad_index,
@@ -314,7 +351,9 @@ class Auditor:
         if m is not None:
             i = int(m.group(1))
             txid = sha256(block.txs[i]) if i < len(block.txs) else None
-            return _fail("transaction", reason, h, tx_index=i, tx_id=txid, offset=off)
+            check = ("tx-format" if "malformed" in reason else
+                     "tx-signature" if "bad signature" in reason else "transaction")
+            return _fail(check, reason, h, tx_index=i, tx_id=txid, offset=off)
         if reason.startswith("state root"):
             check = "state-root"
         elif reason.startswith("last_commit"):

@@ -16,7 +16,7 @@ import cli
 from ledger.audit import audit_log
 from node.config import Paths
 from protocol.block import Block
-from protocol.crypto import sha256
+from protocol.crypto import SigningKey, sha256
 from tests.test_audit import Chain, build_chain, edit_block, edit_tx, flip
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,3 +128,66 @@ def test_parallel_signature_checks_agree(home: tuple[Chain, Path],
     r = audit_log(io.BytesIO(chain.log(blocks)), prefetch=cli.audit_parallel_prefetch(2))
     assert r.failure is not None
     assert (r.failure.check, r.failure.height, r.failure.tx_index) == ("tx-signature", k, 1)
+
+
+async def test_replay_fetches_from_a_peer_over_block_sync(home: tuple[Chain, Path]) -> None:
+    """`--peer`: the chain comes over the real sync protocol from a libp2p node that
+    serves a ledger (as the daemon does), into a log the replay then checks."""
+    import trio
+
+    from ledger.ledger import Ledger
+    from node.driver import sync_protocol
+    from node.net import Network
+    from protocol.sync import (
+        SyncRequest,
+        SyncResponse,
+        SyncStatus,
+        decode_sync_message,
+        encode_sync_message,
+        serve,
+    )
+
+    chain, h = home
+    ledger = Ledger.open(str(Paths(h).db), chain.genesis)
+    lie: dict[str, int] = {}
+
+    async def handler(peer_id: str, data: bytes) -> bytes:
+        msg = decode_sync_message(data)
+        if isinstance(msg, SyncStatus):
+            return encode_sync_message(SyncStatus(ledger.height + lie.get("extra", 0),
+                                                  ledger.last_block_hash))
+        assert isinstance(msg, SyncRequest)
+        if msg.start > ledger.height:
+            return encode_sync_message(SyncResponse(msg.request_id, ()))
+
+        def block_at(x: int) -> Block:
+            b = ledger.block(x)
+            assert b is not None
+            return b
+
+        def cert_at(x: int) -> Any:
+            return ledger.certificate(x)
+
+        return encode_sync_message(serve(msg, ledger.height, block_at, cert_at))
+
+    server = Network(SigningKey.derive("audit-test", "server").seed(), ["/ip4/127.0.0.1/tcp/0"],
+                     request_handlers={sync_protocol(chain.genesis.chain_id): handler})
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            addr = server.listen_addrs[0]
+            assert addr.endswith(f"/p2p/{server.peer_id}")
+            out = io.BytesIO()
+            height, last = await cli.audit_fetch(addr, chain.genesis, out)
+            assert (height, last) == (len(chain.blocks), ledger.last_block_hash)
+            assert out.getvalue() == chain.log()
+            r = audit_log(io.BytesIO(out.getvalue()), expected_genesis=chain.genesis)
+            assert r.ok and r.auditor is not None
+            assert r.auditor.ledger.state_root == chain.final_root
+
+            lie["extra"] = 5  # claims more than it serves
+            with pytest.raises(cli.CommandError, match="serves nothing from block"):
+                await cli.audit_fetch(addr, chain.genesis, io.BytesIO())
+            nursery.cancel_scope.cancel()
+    finally:
+        ledger.close()

@@ -1,0 +1,193 @@
+"""Audit replay speed, in transactions per second, next to raw Ed25519 verification.
+
+A replay must check one signature per transaction, so the single-core raw verify rate
+is its physical limit on one core; everything else (decoding, execution, the state
+root, the store, certificates, invariants) has to fit around it. This generates a log
+of transfers (at least 100,000 transactions; signed with a few keys to keep generation
+fast, and cached under the temp dir keyed by the code that produced it), then measures
+in the same run:
+
+- the raw verify rate (libsodium, key preloaded: the limit);
+- the replay rate with signatures verified in-process (one core);
+- the replay rate with signatures verified by worker processes ahead of execution
+  (`commune audit replay` does this on machines with more than one core).
+
+Run: `make bench`, or `.venv/bin/python bench/bench_replay.py [--txs N] [--json]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import nacl.bindings  # noqa: E402
+
+from cli import audit_parallel_prefetch  # noqa: E402
+from ledger.audit import audit_log, inline_prefetch  # noqa: E402
+from ledger.export import write_log  # noqa: E402
+from ledger.testing import Harness, key, make_genesis  # noqa: E402
+from protocol.crypto import SigningKey  # noqa: E402
+from protocol.encoding import encode  # noqa: E402
+from protocol.transactions import Transaction, make_tx  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SENDERS = 50
+RECIPIENTS = 500
+TXS_PER_BLOCK = 1000
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"{model}, {os.cpu_count()} cores ({usable} usable), {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()} "
+            f"({platform.python_implementation()})")
+
+
+def code_version() -> str:
+    """Hash of the code that decides a log's bytes and roots: a cached log is valid only
+    for the same code."""
+    h = hashlib.sha256()
+    for d in ("protocol", "ledger"):
+        for p in sorted((ROOT / d).glob("*.py")):
+            if p.name not in ("audit.py", "proofs.py"):  # readers, not writers, of logs
+                h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _sign_chunk(args: tuple[bytes, int, list[tuple[int, int, int, int]]]) -> list[bytes]:
+    """Sign (sender, nonce, recipient, amount) transfers; runs in worker processes."""
+    chain_id, _n, items = args
+    senders = [key("bench", "sender", str(i)) for i in range(SENDERS)]
+    recipients = [key("bench", "recipient", str(i)).public for i in range(RECIPIENTS)]
+    out = []
+    for s, nonce, r, amount in items:
+        tx = make_tx(senders[s], chain_id, "account.transfer", nonce,
+                     {"to": recipients[r], "amount": amount})
+        out.append(tx.raw)
+    return out
+
+
+def generate(n_txs: int, path: Path) -> None:
+    """A log of `n_txs` transfers (plus the deposits that fund the senders)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from protocol.transactions import decode_tx
+
+    g, founders = make_genesis(4, signers=1, threshold=1, params={"period_seconds": 3600})
+    h = Harness(g, founders)
+    senders = [key("bench", "sender", str(i)) for i in range(SENDERS)]
+    treasurer = h.founders[0]
+    h.block([h.tx(treasurer, "treasury.deposit", {"account": s.public, "amount": 10**12,
+                                                  "reference": f"bench {i}"})
+             for i, s in enumerate(senders)])
+    items = []
+    x = 12345
+    for i in range(n_txs):  # a fixed pseudo-random sequence, no global randomness
+        x = (x * 6364136223846793005 + 1442695040888963407) % 2**64
+        s = i % SENDERS
+        items.append((s, i // SENDERS + 1, (x >> 33) % RECIPIENTS, 1 + (x >> 20) % 1000))
+    chunks = [items[i:i + 5000] for i in range(0, len(items), 5000)]
+    with ProcessPoolExecutor() as pool:
+        raws = [r for chunk in pool.map(_sign_chunk, [(g.chain_id, 0, c) for c in chunks])
+                for r in chunk]
+    txs: list[Transaction] = [decode_tx(r) for r in raws]
+    for i in range(0, len(txs), TXS_PER_BLOCK):
+        h.block(txs[i:i + TXS_PER_BLOCK], dt_ms=2000)
+    blocks = [(b.encode(), encode(c.to_wire()), b.hash()) for b, c in h.ledger.blocks()]
+    tmp = path.with_suffix(".partial")
+    with open(tmp, "wb") as f:
+        write_log(f, g.encode(), blocks)
+    os.replace(tmp, path)
+
+
+def verify_rate(seconds: float = 1.0) -> float:
+    """Raw Ed25519 verifications per second on one core (libsodium, key preloaded)."""
+    k = SigningKey.derive("bench", "verify")
+    msg = b"venture-commune/tx/v1\n" + bytes(32) + b"x" * 150
+    signed = k.sign(msg) + msg
+    pub = k.public
+    best = 0.0
+    for _ in range(3):
+        n = 0
+        start = time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds / 3:
+            for _ in range(200):
+                nacl.bindings.crypto_sign_open(signed, pub)
+            n += 200
+        best = max(best, n / elapsed)
+    return best
+
+
+def replay_rate(data: bytes, prefetch: Any) -> tuple[float, int, float]:
+    start = time.perf_counter()
+    result = audit_log(io.BytesIO(data), prefetch=prefetch)
+    elapsed = time.perf_counter() - start
+    assert result.ok, result.failure and result.failure.describe()
+    assert result.auditor is not None
+    txs = result.auditor.history.txs
+    result.auditor.close()
+    return txs / elapsed, txs, elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--txs", type=int, default=100_000, help="transfers in the log")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--workers", type=int, nargs="*", default=None,
+                    help="worker counts to measure (default: 1 and the usable cores)")
+    args = ap.parse_args()
+    cache = Path(tempfile.gettempdir()) / f"commune-bench-replay-{args.txs}-{code_version()}.log"
+    if not cache.exists():
+        start = time.perf_counter()
+        generate(args.txs, cache)
+        gen = f"generated {cache} in {time.perf_counter() - start:.1f} s"
+    else:
+        gen = f"cached log {cache}"
+    data = cache.read_bytes()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    workers = args.workers if args.workers is not None else sorted({1, max(1, usable)})
+    limit = verify_rate()
+    rows: list[dict[str, Any]] = []
+    rate, txs, el = replay_rate(data, inline_prefetch)
+    rows.append({"mode": "in-process signature checks (1 core)", "tx_per_s": rate,
+                 "seconds": el})
+    for w in workers:
+        rate, txs, el = replay_rate(data, audit_parallel_prefetch(w))
+        rows.append({"mode": f"{w} verifier process{'es' if w > 1 else ''} ahead of "
+                             "execution", "tx_per_s": rate, "seconds": el})
+    limit_after = verify_rate()
+    limit = max(limit, limit_after)
+    if args.json:
+        print(json.dumps({"machine": machine(), "log": {"txs": txs, "bytes": len(data)},
+                          "raw_verify_per_s": limit, "replay": rows}, indent=2))
+        return
+    print(f"Machine: {machine()}")
+    print(f"Log: {txs:,} transactions in {len(data) / 1e6:.1f} MB ({gen})")
+    print(f"Raw Ed25519 verify (libsodium, one core): {limit:,.0f}/s  <- the limit\n")
+    print(f"{'replay':<50} {'tx/s':>10} {'of limit':>9} {'seconds':>8}")
+    for r in rows:
+        print(f"{r['mode']:<50} {r['tx_per_s']:>10,.0f} {r['tx_per_s'] / limit:>8.0%} "
+              f"{r['seconds']:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

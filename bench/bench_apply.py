@@ -62,20 +62,22 @@ def bench_rules() -> Rules:
     return rules.freeze()
 
 
-def verify_rate(n: int = 20_000) -> float:
+def verify_rate(n: int = 20_000) -> tuple[float, float]:
+    """(wall, cpu) verifications per second of a transfer's signature, best of three."""
     k = SigningKey.derive("bench", "verify")
     tx = make_tx(k, b"\x00" * 32, "account.transfer", 1, {"to": k.public, "amount": 1})
     from protocol.envelope import Domain, signing_bytes
 
     msg = signing_bytes(Domain.TX, b"\x00" * 32, tx.envelope.body)
     sig = tx.envelope.sig
-    best = 0.0
+    wall = cpu = 0.0
     for _ in range(3):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for _ in range(n):
             verify(k.public, sig, msg)
-        best = max(best, n / (time.perf_counter() - t))
-    return best
+        wall = max(wall, n / (time.perf_counter() - t))
+        cpu = max(cpu, n / (time.process_time() - c))
+    return wall, cpu
 
 
 @dataclass
@@ -158,8 +160,9 @@ def main() -> None:
                     "beside this repository, on disk)")
     args = ap.parse_args()
 
-    rate = verify_rate()
-    print(f"Ed25519 verify (libsodium, one core): {rate:,.0f} /s; target 2x = {2 * rate:,.0f} tx/s")
+    rate_wall, rate = verify_rate()
+    print(f"Ed25519 verify (libsodium, one core): {rate_wall:,.0f} /s wall, {rate:,.0f} /s cpu; "
+          f"target 2x = {2 * rate:,.0f} tx/s cpu")
     folder = tempfile.mkdtemp(prefix="bench-apply-", dir=args.dir or str(Path(__file__).parent))
     profile = cProfile.Profile() if args.profile else None
     try:
@@ -208,14 +211,15 @@ def main() -> None:
         total = sum(r.txs for r in results[0::2])
         wall = sum(r.wall for r in results[0::2])
         cpu = sum(r.cpu for r in results[0::2])
-        print(f"\nproposer path, all workloads: {total / wall:,.0f} tx/s wall, "
-              f"{total / cpu:,.0f} tx/s cpu = {total / cpu / rate:.2f}x the verify rate (cpu)")
+        print(f"\nproposer path, all workloads: {total / wall:,.0f} tx/s wall "
+              f"({total / wall / rate_wall:.2f}x verify), {total / cpu:,.0f} tx/s cpu "
+              f"({total / cpu / rate:.2f}x verify)")
         total_v = sum(r.txs for r in results[1::2])
         cpu_v = sum(r.cpu for r in results[1::2])
         wall_v = sum(r.wall for r in results[1::2])
-        print(f"validator path, all workloads: {total_v / wall_v:,.0f} tx/s wall, "
-              f"{total_v / cpu_v:,.0f} tx/s cpu = {total_v / cpu_v / rate:.2f}x the verify rate "
-              "(cpu)")
+        print(f"validator path, all workloads: {total_v / wall_v:,.0f} tx/s wall "
+              f"({total_v / wall_v / rate_wall:.2f}x verify), {total_v / cpu_v:,.0f} tx/s cpu "
+              f"({total_v / cpu_v / rate:.2f}x verify)")
         if profile:
             pstats.Stats(profile).sort_stats("tottime").print_stats(25)
         b.follower.close()

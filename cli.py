@@ -1316,6 +1316,14 @@ def _show_audit_report(console: Console, r: dict[str, Any]) -> None:
         _audit_table(console, "Withdrawals", [
             (w["height"], _short(w["account"]), w["amount"], w["status"], w["paid_height"] or "")
             for w in t["withdrawals"]], ["#height", "account", "#amount", "status", "#paid at"])
+        _audit_table(console, "Period closes: rent charged and bond service paid (since the "
+                     "previous close, liquidations included)", [
+            (c["height"], c["periods"][0] if c["periods"][0] == c["periods"][1]
+             else f"{c['periods'][0]}..{c['periods'][1]}", c["rent_paid"], c["rents_missed"],
+             c["interest_paid"], c["principal_paid"], c["written_off"])
+            for c in r.get("closes", [])],
+            ["#closed at", "#period", "#rent paid", "#rents missed", "#interest paid",
+             "#principal paid", "#written off"])
         _audit_table(console, "Dividends per period", [
             (p["period"], p["closed_height"], p["pool"], p["members"], p["share"], p["carry"],
              p["claimed"], p["unclaimed"]) for p in r["dividends"]],
@@ -1325,6 +1333,7 @@ def _show_audit_report(console: Console, r: dict[str, Any]) -> None:
             (_short(p["id"]), p["title"], p["type"], p["status"], p["yes"], p["no"],
              p["decided_height"] or "", p["outcome"]) for p in r["governance"]],
             ["id", "title", "type", "status", "#yes", "#no", "#decided", "outcome"])
+        _show_audit_assets(console, r.get("assets", []))
         for name, tab in r.get("other_tables", {}).items():
             if tab["count"]:
                 _audit_table(console, f"{name} ({tab['count']:,}): {tab['doc']}",
@@ -1338,6 +1347,48 @@ def _show_audit_report(console: Console, r: dict[str, Any]) -> None:
             console.print("Evidence of misbehaviour: none recorded")
     console.print("\n[bold green]OK[/]: every signature, certificate, state root and "
                   "invariant checks out.")
+
+
+def _bps(rate: int) -> str:
+    return f"{rate / 100:.2f}%" if rate >= 0 else ""
+
+
+def _show_audit_assets(console: Console, assets: list[dict[str, Any]]) -> None:
+    _audit_table(console, "Assets", [
+        (a["seq"], _short(a["id"]), a["description"], _short(a["requester"]), a["price"],
+         a["rent"], a["term"], a["maturity"], _bps(a["max_rate_bps"]), a["status"],
+         "yes" if a["owned"] else "no") for a in assets],
+        ["#", "asset", "description", "requester", "#price", "#rent", "#term", "#maturity",
+         "max rate", "status", "owned"])
+    _audit_table(console, "Bond series", [
+        (_short(a["id"]), s["face"], _bps(s["rate_bps"]), s["maturity"], s["level_payment"],
+         s["start_period"], s["interest_paid"], s["principal_paid"], s["outstanding"],
+         s["unpaid_interest"], s["principal_written_off"], s["status"],
+         s["redeemed_period"] if s["status"] == "redeemed" else "")
+        for a in assets if (s := a["series"]) is not None],
+        ["asset", "#face", "stop-out", "#maturity", "#level payment", "#from period",
+         "#interest paid", "#principal paid", "#outstanding", "#unpaid interest",
+         "#written off", "status", "#redeemed in"])
+    _audit_table(console, "Bond holdings", [
+        (_short(a["id"]), _short(b["holder"]), b["face"], b["outstanding"],
+         b["interest_received"], b["principal_received"], b["written_off"])
+        for a in assets if a["series"] is not None for b in a["series"]["holders"]],
+        ["asset", "holder", "#face", "#outstanding", "#interest", "#principal",
+         "#written off"])
+    _audit_table(console, "Auctions", [
+        (_short(a["id"]), u["kind"], u["round"], u["opened_period"], u["bids"], u["revealed"],
+         _bps(u["reserve"]) if u["kind"] == "bond" else u["reserve"],
+         (_bps(u["result"]) if u["kind"] == "bond" else u["result"]) if u["result"] >= 0
+         else "none", _short(u["winner"]) if u["winner"] else "", u["forfeited"], u["status"])
+        for a in assets for u in a["auctions"]],
+        ["asset", "kind", "#round", "#opened", "#bids", "#revealed", "reserve",
+         "stop-out / price", "winner", "#forfeited", "status"])
+    _audit_table(console, "Rentals and rents", [
+        (_short(a["id"]), t["number"], _short(t["lessee"]), t["rent"], t["term"],
+         f"{t['start']}..{t['last']}", t["paid"], t["missed_total"], t["status"])
+        for a in assets if (t := a["rental"]) is not None],
+        ["asset", "#rental", "lessee", "#rent", "#term", "periods", "#paid", "#missed",
+         "status"])
 
 
 def _audit_failure_text(f: dict[str, Any]) -> str:

@@ -201,6 +201,39 @@ def inline_prefetch(chain_id: bytes, records: Iterable[BlockRecord]
 _TX_REASON = re.compile(r"^transaction (\d+)\b")
 
 
+INVARIANT_QUERIES: tuple[tuple[frozenset[str], str, str], ...] = (
+    (frozenset({"periods"}),
+     "SELECT period, pool, members, share, carry FROM periods "
+     "WHERE share * members + carry != pool OR share < 0 OR carry < 0 LIMIT 1",
+     "period {0}: the dividend split does not add up (pool {1}, {2} members x share {3} "
+     "+ carry {4})"),
+    (frozenset({"series"}),
+     "SELECT asset, face, outstanding, principal_paid, principal_written_off FROM series "
+     "WHERE principal_paid + outstanding + principal_written_off != face "
+     "OR outstanding < 0 OR unpaid_interest < 0 OR principal_paid < 0 LIMIT 1",
+     "bond series {0}: face {1} is not outstanding {2} + principal paid {3} + written off "
+     "{4}"),
+    (frozenset({"series", "bonds"}),
+     "SELECT s.asset, s.outstanding, coalesce(b.o, 0) FROM series s LEFT JOIN "
+     "(SELECT asset, sum(outstanding) AS o FROM bonds GROUP BY asset) b ON b.asset = s.asset "
+     "WHERE coalesce(b.o, 0) != s.outstanding LIMIT 1",
+     "bond series {0}: outstanding {1}, but its holdings add up to {2}"),
+    (frozenset({"bonds"}),
+     "SELECT asset, holder, outstanding, face FROM bonds WHERE outstanding < 0 "
+     "OR interest_received < 0 OR principal_received < 0 LIMIT 1",
+     "bond holding {0}/{1} is negative (outstanding {2}, face {3})"),
+    (frozenset({"assets", "series"}),
+     "SELECT a.id, a.escrow, coalesce(s.face, 0), coalesce(s.status, 'none') FROM assets a "
+     "LEFT JOIN series s ON s.asset = a.id WHERE a.escrow < 0 OR a.pending < 0 OR "
+     "(a.escrow != 0 AND (s.face IS NULL OR s.status != 'funded' OR s.face != a.escrow)) "
+     "LIMIT 1",
+     "asset {0}: escrow {1} does not match its series (face {2}, {3})"),
+)
+"""Invariants of bond service and dividends (DESIGN 6.5, 6.7) checked after every block
+that changed the state, beside conservation (6.3): each query returns a violating row.
+A query runs only if the ledger has its tables."""
+
+
 @dataclass
 class Progress:
     height: int
@@ -235,6 +268,8 @@ class _History:
     invariant_checks: int = 0
     certificates: int = 0
     signatures: int = 0
+    closes: list[dict[str, Any]] = field(default_factory=list)
+    """Per block that closed periods: rent charged, bond service paid (see `_track_periods`)."""
 
 
 class Auditor:
@@ -256,6 +291,12 @@ class Auditor:
                 {"height": 0, "time_ms": genesis.genesis_time_ms, "member": f.id,
                  "name": f.name, "event": "joined", "how": "founder"})
         self.history.member_counts.append((0, genesis.genesis_time_ms, len(self._members)))
+        self._periods_closed = self.ledger.state.count("periods")
+        self._rent_totals: dict[tuple[bytes, int], tuple[int, int]] = {}
+        self._service_totals: dict[bytes, tuple[int, int, int]] = {}
+        tables = self.ledger.rules.tables
+        self._invariant_queries = [(q, w) for need, q, w in INVARIANT_QUERIES
+                                   if need <= tables.keys()]
         self._check_invariants(0)
 
     def close(self) -> None:
@@ -344,6 +385,7 @@ class Auditor:
             hist.state_changes += 1
             self._check_invariants(h, off)
             self._track_members(h, hd.time_ms)
+            self._track_periods(h)
         return Progress(h, bh, hd.time_ms, len(block.txs), root, off)
 
     def _classify(self, reason: str, h: int, block: Block, off: int | None) -> AuditFailure:
@@ -380,6 +422,12 @@ class Auditor:
             raise _fail("invariant", f"account {id_text(bytes(row[0][0]))} has balance "
                         f"{row[0][1]} and arrears {row[0][2]}: never negative", h,
                         offset=off)
+        for sql, what in self._invariant_queries:
+            bad = self.ledger.sql(sql)
+            if bad:
+                raise _fail("invariant", what.format(*[
+                    bytes(v).hex() if isinstance(v, bytes) else v for v in bad[0]]), h,
+                    offset=off)
 
     def _track_members(self, h: int, time_ms: int) -> None:
         now = set(self.ledger.state.members())
@@ -405,6 +453,36 @@ class Auditor:
                 {"height": h, "time_ms": time_ms, "member": m, "name": gone.name,
                  "event": "left", "how": how})
         self.history.member_counts.append((h, time_ms, len(now)))
+
+    def _track_periods(self, h: int) -> None:
+        """At each block that closed periods: the rent charged and the bond service paid
+        at those closes (both only change at closes), as differences of running totals."""
+        closed = self.ledger.state.count("periods")
+        if closed == self._periods_closed:
+            return
+        first, self._periods_closed = self._periods_closed, closed
+        led, tables = self.ledger, self.ledger.rules.tables
+        rent = missed = interest = principal = written_off = 0
+        if "rentals" in tables:
+            for asset, number, paid, miss in led.sql(
+                    "SELECT asset, number, paid, missed_total FROM rentals"):
+                before = self._rent_totals.get((bytes(asset), number), (0, 0))
+                rent += paid - before[0]
+                missed += miss - before[1]
+                self._rent_totals[(bytes(asset), number)] = (paid, miss)
+        if "series" in tables:
+            for asset, i, p, w in led.sql(
+                    "SELECT asset, interest_paid, principal_paid, principal_written_off + "
+                    "interest_written_off FROM series"):
+                before2 = self._service_totals.get(bytes(asset), (0, 0, 0))
+                interest += i - before2[0]
+                principal += p - before2[1]
+                written_off += w - before2[2]
+                self._service_totals[bytes(asset)] = (i, p, w)
+        self.history.closes.append({
+            "height": h, "periods": [first, closed - 1], "rent_paid": rent,
+            "rents_missed": missed, "interest_paid": interest, "principal_paid": principal,
+            "written_off": written_off})
 
     def check_end(self, end: LogEnd) -> None:
         if end.blocks != self.height:
@@ -495,7 +573,8 @@ COVERED_TABLES = frozenset({
     "params", "scalars", "validator_schedule", "evidence", "accounts", "arrears", "members",
     "applications", "attestations", "departures", "withdrawals", "treasury_signers",
     "treasury_actions", "treasury_approvals", "proposals", "open_proposals", "votes",
-    "periods", "dividends"})
+    "periods", "dividends", "assets", "asset_index", "series", "bonds", "rentals", "auctions",
+    "open_auctions", "commitments", "bond_bids", "rent_bids"})
 """State tables the report shows in their own sections; any other table (assets, bonds,
 rentals, ... as the ledger grows) is listed generically so that nothing is hidden."""
 
@@ -512,7 +591,7 @@ def _id(b: Any) -> str:
 
 ID_FIELDS = frozenset({
     "account", "member", "signer", "proposer", "applicant", "attester", "bidder", "holder",
-    "lessee", "requester", "validator", "to", "from", "owner", "investor", "winner", "id"})
+    "lessee", "requester", "validator", "to", "from", "owner", "investor", "winner"})
 """Field names whose 32-byte values are member/account ids (shown as "z..."); other
 32-byte values are hashes (object ids such as assets and withdrawals, shown in hex)."""
 
@@ -624,6 +703,8 @@ def build_report(a: Auditor) -> dict[str, Any]:
         for p, s, e, ch, pool, n, share, carry in sql(
             "SELECT period, start_ms, end_ms, closed_height, pool, members, share, carry "
             "FROM periods ORDER BY period")]
+    rep["assets"] = _assets_report(a) if "assets" in led.rules.tables else []
+    rep["closes"] = list(hist.closes)
     rep["evidence"] = [
         {"hash": _hex(eh), "validator": _id(v), "height": h, "round": r,
          "included_height": ih}
@@ -631,6 +712,59 @@ def build_report(a: Auditor) -> dict[str, Any]:
                                    "FROM evidence ORDER BY included_height, hash")]
     rep["other_tables"] = _other_tables(a)
     return rep
+
+
+def _rows(a: Auditor, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """Rows of a query as {column: value}, values rendered (ids as text, hashes in hex)."""
+    cur = a.ledger.sql(sql, params)
+    if not cur:
+        return []
+    names = _columns(a, sql)
+    return [{n: _plain(v, n) for n, v in zip(names, row, strict=True)} for row in cur]
+
+
+def _columns(a: Auditor, sql: str) -> list[str]:
+    head = sql.split(" FROM ", 1)[0].removeprefix("SELECT ")
+    return [c.strip().split(" AS ")[-1].split(".")[-1] for c in head.split(",")]
+
+
+def _assets_report(a: Auditor) -> list[dict[str, Any]]:
+    """Each asset with its bond series (stop-out rate, service, redemption, holders), its
+    rental (rent, periods, paid, missed) and its auctions with their bids."""
+    out = []
+    for asset in _rows(a, "SELECT id, seq, requester, description, enterprise, price, rent, "
+                          "term, maturity, max_rate_bps, status, owned, period, height, "
+                          "reauctions FROM assets ORDER BY seq, id"):
+        key = bytes.fromhex(asset["id"])
+        series = _rows(a, "SELECT rate_bps, face, outstanding, unpaid_interest, maturity, "
+                          "level_payment, issued_period, start_period, status, interest_paid, "
+                          "principal_paid, redeemed_period, principal_written_off, "
+                          "interest_written_off FROM series WHERE asset = ?", (key,))
+        if series:
+            series[0]["holders"] = _rows(
+                a, "SELECT holder, bid, face, outstanding, interest_received, "
+                   "principal_received, sent, written_off FROM bonds WHERE asset = ? "
+                   "ORDER BY bid = 0, bid, holder", (key,))
+        auctions = _rows(a, "SELECT id, kind, round, opened_period, status, bids, revealed, "
+                            "reserve, min_term, result, winner, forfeited, closed_period, "
+                            "closed_height FROM auctions WHERE asset = ? ORDER BY opened_ms, "
+                            "round", (key,))
+        for auc in auctions:
+            aid = bytes.fromhex(auc["id"])
+            if auc["kind"] == "bond":
+                auc["bid_list"] = _rows(a, "SELECT bid, bidder, lock, amount, rate_bps, status, "
+                                           "allocation, forfeit, height FROM bond_bids WHERE "
+                                           "auction = ? ORDER BY bid", (aid,))
+            else:
+                auc["bid_list"] = _rows(a, "SELECT bid, bidder, lock, rent, term, status, "
+                                           "forfeit, height FROM rent_bids WHERE auction = ? "
+                                           "ORDER BY bid", (aid,))
+        rental = _rows(a, "SELECT number, lessee, rent, term, start, last, missed, "
+                          "missed_total, paid, status, notice_period, ended_period FROM "
+                          "rentals WHERE asset = ?", (key,))
+        out.append({**asset, "series": series[0] if series else None,
+                    "rental": rental[0] if rental else None, "auctions": auctions})
+    return out
 
 
 def _unpack(packed: bytes) -> list[bytes]:

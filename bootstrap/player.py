@@ -396,7 +396,7 @@ class ScenarioPlayer:
             self._seal(auction, _Sealed(step.index, step.by, "rent.reveal", {
                 "asset": asset, "rent": step.rent, "term": step.term, "salt": salt}))
         return self._single(step, "rent.commit", {"asset": asset, "commitment": commitment,
-                                                  "lock": getattr(step, "lock", 0)})
+                                                  "lock": step.lock})
 
     def _seal(self, auction: bytes, sealed: _Sealed) -> None:
         self._sealed.setdefault(auction, []).append(sealed)

@@ -16,7 +16,8 @@ Actor keys are `SigningKey.derive(seed, name)`, so a file always yields the same
 Extensions to SCENARIOS.md, all optional: a top-level `description` (text shown with
 the summary); `reference` on deposit/withdraw/acquire/acquire_failed/liquidated;
 `memo` on transfer; `description`, `enterprise`, `commit_seconds`, `reveal_seconds` on
-request; `title`, `voting_seconds` on propose.
+request; `title`, `voting_seconds` on propose; `lock` on rent_bid (the deposit that backs
+the no-reveal forfeit of a rental bid, default 0).
 """
 
 from __future__ import annotations
@@ -308,6 +309,7 @@ class RentBidStep(Step):
     rent: int
     term: int
     reveal: bool = True
+    lock: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -410,7 +412,7 @@ _STEP_FIELDS: dict[str, dict[str, Field]] = {
     "acquire_failed": {"asset": _ASSET, "reference": _REFERENCE},
     "end_rental": {"asset": _ASSET},
     "rent_bid": {"asset": _ASSET, "rent": Amount(), "term": Int(1, MAX_PERIODS),
-                 "reveal": Bool(optional=True)},
+                 "reveal": Bool(optional=True), "lock": Amount(optional=True, allow_zero=True)},
     "liquidated": {"asset": _ASSET, "proceeds": Amount(allow_zero=True),
                    "reference": _REFERENCE},
     "claim": {},

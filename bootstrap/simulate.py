@@ -100,8 +100,9 @@ class LocalBackend:
         time_ms = max(time_ms, self.ledger.last_time_ms + 1)
         limit = [len(a.intents) for a in actions]  # intents still to send, per action
         reasons: list[str | None] = [None] * len(actions)
+        cache: dict[tuple[int, int, int, tuple[bytes, ...]], Transaction] = {}
         while True:
-            txs, owner, ids = self._sign(actions, limit)
+            txs, owner, ids = self._sign(actions, limit, cache)
             block, rejected = self.harness.build(txs, time_ms=time_ms)
             if not rejected:
                 assert len(block.txs) == len(txs), "block limits: submit fewer transactions"
@@ -114,8 +115,10 @@ class LocalBackend:
         self._commit_built(block)
         return [Outcome(tuple(ids[i]), reasons[i]) for i in range(len(actions))]
 
-    def _sign(self, actions: Sequence[Action], limit: list[int]
+    def _sign(self, actions: Sequence[Action], limit: list[int],
+              cache: dict[tuple[int, int, int, tuple[bytes, ...]], Transaction]
               ) -> tuple[list[Transaction], list[tuple[int, int]], list[list[bytes]]]:
+        """Sign what is left to send; a retry re-signs only what a dropped one shifted."""
         nonces: dict[bytes, int] = {}
         txs: list[Transaction] = []
         owner: list[tuple[int, int]] = []
@@ -126,8 +129,10 @@ class LocalBackend:
                 who = intent.key.public
                 nonce = nonces.get(who) or self.ledger.next_nonce(who)
                 nonces[who] = nonce + 1
-                tx = make_tx(intent.key, self.chain_id, intent.kind, nonce,
-                             intent.resolve(mine))
+                known = (ai, position, nonce, tuple(mine))
+                tx = cache.get(known) or make_tx(intent.key, self.chain_id, intent.kind,
+                                                 nonce, intent.resolve(mine))
+                cache[known] = tx
                 mine.append(tx.id)
                 txs.append(tx)
                 owner.append((ai, position))

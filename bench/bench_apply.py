@@ -6,9 +6,11 @@ single-core signature verification. This measures, with the SQLite store on disk
 (WAL, synchronous=FULL) and signatures already verified:
 
 - proposer path: `build_block` (executes) + `commit` (writes; the execution is cached);
-- validator path: a second ledger receiving the same blocks: `check_block` (decodes
-  every transaction, checks the header and certificate, executes, compares the state
-  root) + `commit`;
+- validator path: a second ledger receiving the same blocks, whose mempool already
+  holds the transactions (`check_block(known=...)`: header, certificate, execution,
+  state root) + `commit`;
+- catch-up path: a third ledger that decodes every transaction of every block (block
+  sync after downtime, audit replay) before the same checks;
 
 for three workloads: transfers between many accounts, membership attestations (each
 admitting a member), and dividend claims. Setup (keys, signing, funding) is not timed.
@@ -88,7 +90,7 @@ class Figures:
     cpu: float
 
     def line(self) -> str:
-        return (f"{self.name:<34} {self.txs:>7} tx  {self.txs / self.wall:>9,.0f} tx/s wall  "
+        return (f"{self.name:<48} {self.txs:>6} tx  {self.txs / self.wall:>9,.0f} tx/s wall  "
                 f"{self.txs / self.cpu:>9,.0f} tx/s cpu")
 
 
@@ -99,6 +101,7 @@ class Bench:
         self.rules = bench_rules()
         self.h = Harness(g, keys, path=os.path.join(folder, "proposer.db"), rules=self.rules)
         self.follower = Ledger.open(os.path.join(folder, "follower.db"), g, self.rules)
+        self.catchup = Ledger.open(os.path.join(folder, "catchup.db"), g, self.rules)
         self.block_size = block_size
         self.founder = self.h.founders[0]
         self.committed: list[tuple[Block, Certificate]] = []
@@ -108,11 +111,15 @@ class Bench:
         for i in range(0, len(txs), self.block_size):
             block, rejected = self.h.block(txs[i:i + self.block_size])
             assert not rejected, rejected[:3]
-            self.follower.check_block(block)
-            self.follower.commit(block, self.h.last_commit)  # type: ignore[arg-type]
+            self.follow(block)
+
+    def follow(self, block: Block) -> None:
+        for other in (self.follower, self.catchup):
+            other.check_block(block)
+            other.commit(block, self.h.last_commit)  # type: ignore[arg-type]
 
     def measure(self, name: str, txs: list[Transaction],
-                profile: cProfile.Profile | None) -> tuple[Figures, Figures]:
+                profile: cProfile.Profile | None) -> tuple[Figures, Figures, Figures]:
         blocks: list[tuple[Block, Certificate, set[bytes]]] = []
         wall = cpu = 0.0
         for i in range(0, len(txs), self.block_size):
@@ -138,15 +145,20 @@ class Bench:
             self.h._pending.clear()
             blocks.append((block, cert, ids))
         proposer = Figures(f"{name}: build + commit", len(txs), wall, cpu)
-        wall = cpu = 0.0
-        for block, cert, ids in blocks:
-            w, c = time.perf_counter(), time.process_time()
-            self.follower.check_block(block, verified=ids)
-            self.follower.commit(block, cert)
-            wall += time.perf_counter() - w
-            cpu += time.process_time() - c
-        assert self.follower.state_root == self.h.ledger.state_root
-        return proposer, Figures(f"{name}: check + commit", len(txs), wall, cpu)
+        by_id = {t.id: t for t in txs}
+        figures = [proposer]
+        for label, ledger, known in (("check + commit", self.follower, by_id),
+                                     ("decode + check + commit", self.catchup, None)):
+            wall = cpu = 0.0
+            for block, cert, ids in blocks:
+                w, c = time.perf_counter(), time.process_time()
+                ledger.check_block(block, verified=ids, known=known)
+                ledger.commit(block, cert)
+                wall += time.perf_counter() - w
+                cpu += time.process_time() - c
+            assert ledger.state_root == self.h.ledger.state_root
+            figures.append(Figures(f"{name}: {label}", len(txs), wall, cpu))
+        return figures[0], figures[1], figures[2]
 
 
 def main() -> None:
@@ -198,8 +210,7 @@ def main() -> None:
         for _ in range(2):
             end = h.ledger.state.scalar("period_end_ms")
             block, _ = h.block([], time_ms=end)
-            b.follower.check_block(block)
-            b.follower.commit(block, h.last_commit)  # type: ignore[arg-type]
+            b.follow(block)
         period = h.ledger.state.open_period()
         claims = [h.tx(a, "dividend.claim", {"periods": [period - 2, period - 1]})
                   for a in applicants]
@@ -208,21 +219,19 @@ def main() -> None:
         print(f"\nblocks of {args.block} transactions, signatures pre-verified, store on disk:")
         for r in results:
             print("  " + r.line())
-        total = sum(r.txs for r in results[0::2])
-        wall = sum(r.wall for r in results[0::2])
-        cpu = sum(r.cpu for r in results[0::2])
-        print(f"\nproposer path, all workloads: {total / wall:,.0f} tx/s wall "
-              f"({total / wall / rate_wall:.2f}x verify), {total / cpu:,.0f} tx/s cpu "
-              f"({total / cpu / rate:.2f}x verify)")
-        total_v = sum(r.txs for r in results[1::2])
-        cpu_v = sum(r.cpu for r in results[1::2])
-        wall_v = sum(r.wall for r in results[1::2])
-        print(f"validator path, all workloads: {total_v / wall_v:,.0f} tx/s wall "
-              f"({total_v / wall_v / rate_wall:.2f}x verify), {total_v / cpu_v:,.0f} tx/s cpu "
-              f"({total_v / cpu_v / rate:.2f}x verify)")
+        print()
+        for i, path in enumerate(("proposer", "validator", "catch-up")):
+            rs = results[i::3]
+            total = sum(r.txs for r in rs)
+            wall = sum(r.wall for r in rs)
+            cpu = sum(r.cpu for r in rs)
+            print(f"{path + ' path, all workloads:':<34} {total / wall:>9,.0f} tx/s wall "
+                  f"({total / wall / rate_wall:.2f}x verify), {total / cpu:>9,.0f} tx/s cpu "
+                  f"({total / cpu / rate:.2f}x verify)")
         if profile:
             pstats.Stats(profile).sort_stats("tottime").print_stats(25)
         b.follower.close()
+        b.catchup.close()
         h.ledger.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)

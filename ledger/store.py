@@ -73,6 +73,9 @@ class Store:
             if str(mode).lower() != "wal":
                 raise StoreError(f"cannot put {path} in WAL mode (got {mode})")
         self.conn.execute("PRAGMA synchronous = FULL")
+        # Big block blobs would otherwise push the state tables' B-tree pages out of the
+        # default 2 MiB page cache between blocks.
+        self.conn.execute("PRAGMA cache_size = -65536")
         self._upsert: dict[str, str] = {}
         self._delete: dict[str, str] = {}
         with self.transaction():

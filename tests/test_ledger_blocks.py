@@ -252,3 +252,31 @@ def test_first_block_rules() -> None:
     assert isinstance(h.ledger.certificate(1), Certificate)
     assert isinstance(h.ledger.block(1), Block) and h.ledger.block(2) is None
     assert isinstance(block.header, Header)
+
+
+def test_known_transactions_skip_decoding_but_not_checks() -> None:
+    h = funded()
+    f2 = h.founders[2]
+    t1 = h.tx(f2, "account.transfer", {"to": A.public, "amount": 10})
+    block, _ = h.build([t1])
+    other = Ledger.open(None, h.genesis)
+    for b, c in h.ledger.blocks():
+        other.check_block(b)
+        other.commit(b, c)
+    impostor = h.tx(f2, "account.transfer", {"to": A.public, "amount": 11}, nonce=t1.nonce)
+    # A wrong entry under the right id is not trusted: the block's own bytes are decoded.
+    other.check_block(block, known={t1.id: impostor})
+    other.commit(block, h.commit(block))
+    assert other.state.balance(A.public) == 10 == h.ledger.state.balance(A.public)
+
+
+def test_no_transaction_kind_moves_a_share() -> None:
+    from protocol.transactions import TX_KINDS, TxError, decode_tx, make_tx
+
+    assert not [k for k in TX_KINDS if k.startswith("member.") and k not in
+                ("member.apply", "member.attest", "member.resign", "member.node")]
+    h = funded()
+    env = make_tx(h.founders[0], h.genesis.chain_id, "member.resign", 1, {})
+    forged = env.raw.replace(b"member.resign", b"member.sellit")
+    with pytest.raises(TxError, match="unknown transaction kind"):
+        decode_tx(forged)

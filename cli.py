@@ -1674,8 +1674,11 @@ def audit_verify_proof(file: Path, genesis_path: Path, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--check", is_flag=True,
+              help="Verify money conservation and the bond series' books after every block "
+                   "(slower; a failure is a bug in the ledger).")
 @json_option
-def simulate(file: Path, as_json: bool) -> None:
+def simulate(file: Path, check: bool, as_json: bool) -> None:
     """Play a scenario FILE on the ledger state machine and summarize what happened.
 
     Prints every actor's balance, arrears and dividends, every asset's auction, bonds,
@@ -1684,6 +1687,7 @@ def simulate(file: Path, as_json: bool) -> None:
     bootstrap/scenarios/.
     """
     from bootstrap.scenario import ScenarioError, load_scenario
+    from bootstrap.simulate import InvariantError
     from bootstrap.simulate import simulate as run_simulation
     from bootstrap.summary import render
 
@@ -1695,7 +1699,12 @@ def simulate(file: Path, as_json: bool) -> None:
     except ScenarioError as exc:
         fail(f"{file} is not a valid scenario: {exc}; see shared/SCENARIOS.md for the format",
              Exit.FAILED)
-    emit(run_simulation(scenario), as_json, render)
+    try:
+        summary = run_simulation(scenario, check=check)
+    except InvariantError as exc:
+        fail(f"ledger invariant broken while playing {file}: {exc}; this is a bug, please "
+             "report it with the scenario", Exit.INTERNAL)
+    emit(summary, as_json, render)
 
 # =========================================================================================
 # (end of the scenarios section)

@@ -162,7 +162,9 @@ def execute_block(state: State, rules: Rules, genesis: Genesis, height: int, tim
                                     f"{exc.reason}") from None
             included.append(tx)
             size += len(tx.raw)
-            outcomes.append(TxOutcome(tx.id, tx.kind, tx.signer, tx.nonce, result))
+            env = tx.envelope
+            outcomes.append(TxOutcome(tx.id, env.body["kind"], env.signer, env.body["nonce"],
+                                      result))
         new_validators = schedule_validators(ex)
         changes = state.changes()
     finally:

@@ -143,9 +143,13 @@ def execute_block(state: State, rules: Rules, genesis: Genesis, height: int, tim
     rejected: list[tuple[bytes, str]] = []
     size = 0
     try:
-        close_periods(ex)
-        for _order, _name, hook in rules.block_hooks:
-            hook(ex)
+        try:
+            close_periods(ex)
+            for _order, _name, hook in rules.block_hooks:
+                hook(ex)
+        except TxRejected as exc:  # a rule that cannot run at a deadline: a bug, loudly
+            raise BlockRejected(f"period close or block-start hook failed at height "
+                                f"{height}: {exc.reason}") from exc
         record_evidence(ex, evidence)
         for i, tx in enumerate(txs):
             if skip_invalid and ((max_txs is not None and len(included) >= max_txs)

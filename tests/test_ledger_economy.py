@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ledger.execute import close_periods
 from ledger.modules import MODULES
 from ledger.money import add_arrears, add_common_income, credit, debit
@@ -263,3 +265,30 @@ def test_close_periods_runs_steps_in_order() -> None:
     assert close_periods(ex) == 2
     h.ledger._state.rollback(0)
     assert order == ["rent 0", "returns 0", "rent 1", "returns 1"]
+
+
+def test_a_buggy_rule_is_contained() -> None:
+    """A handler that writes a malformed row is rejected with an internal-error reason and
+    leaves nothing behind; a close step that cannot run rejects the block, loudly."""
+    from ledger.execute import BlockRejected
+
+    def bad_transfer(ex: Exec, tx: object) -> None:
+        ex.put("accounts", A.public, {"balance": 1.5})  # wrong columns and type
+
+    rules = Rules()
+    for m in MODULES:
+        if m.__name__ != "ledger.accounts":
+            m.install(rules)
+    rules.on_tx("account.transfer", bad_transfer)  # type: ignore[arg-type]
+    rules.on_period_close(100, "broken", lambda ex, p: ex.reject("no money for the step"))
+    rules.freeze()
+    g, keys = make_genesis(1, params={"period_seconds": 100})
+    h = Harness(g, keys, rules=rules)
+    root = h.ledger.state_root
+    tx = h.tx(h.founders[0], "account.transfer", {"to": A.public, "amount": 1})
+    reason = h.reason(tx)
+    assert reason is not None and reason.startswith("internal error in account.transfer: RowError")
+    assert h.ledger.state_root == root
+    with pytest.raises(BlockRejected, match="period close or block-start hook failed"):
+        h.build([], dt_ms=200_000)
+    assert h.ledger.state_root == root and h.ledger.height == 0

@@ -1067,6 +1067,7 @@ def audit_parallel_prefetch(workers: int) -> Any:
                                                [r.block for r in batch])))
             batch, size = [], 0
 
+        finished = False
         try:
             for rec in records:
                 if pool is None:
@@ -1088,9 +1089,10 @@ def audit_parallel_prefetch(workers: int) -> Any:
             while pending:
                 done, fut = pending.popleft()
                 yield from zip(done, fut.result(), strict=True)
+            finished = True
         finally:
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+            if pool is not None:  # at a failure, stop at once; at the end, reap the workers
+                pool.shutdown(wait=finished, cancel_futures=not finished)
 
     return prefetch
 

@@ -168,7 +168,6 @@ class ScenarioPlayer:
         self.keys: dict[str, SigningKey] = {n: scenario.key(n) for n in scenario.actors}
         self.names: dict[bytes, str] = {k.public: n for n, k in self.keys.items()}
         self.state = PlayerState()
-        self.period_ms = scenario.commune.params.period_seconds * 1000
         self._bids: dict[tuple[bytes, bytes], int] = {}  # (bidder, auction) -> bids so far
         self._sealed: dict[bytes, list[_Sealed]] = {}  # auction -> bids to reveal
         self._request_step: dict[str, int] = {}
@@ -176,45 +175,52 @@ class ScenarioPlayer:
 
     # ---- the run -------------------------------------------------------------------------
 
-    def boundary(self, period: int) -> int:
-        """Time at which `period` starts (and `period - 1` closes)."""
-        return self.backend.genesis_time_ms + period * self.period_ms
+    def bounds(self) -> tuple[int, int]:
+        """(start, end) of the open period, as the ledger has them.
+
+        Read from the state rather than computed, because governance may change
+        `period_seconds` (from the next period on).
+        """
+        view = self.backend.view
+        return view.scalar("period_start_ms"), view.scalar("period_end_ms")
 
     def run(self) -> PlayerState:
         s = self.scenario
+        end = self.bounds()[1]
         for p in range(s.periods):
             if p:
-                self.backend.advance_to(self.boundary(p))
+                self.backend.advance_to(end)
+                assert self.backend.view.scalar("period") == p
+            start, end = self.bounds()
             claims = self._claims(p - 1) if p and s.auto_claim else []
-            self._play_steps(p, claims)
-            self._auctions(until=self.boundary(p + 1))
-        self.backend.advance_to(self.boundary(s.periods))
+            self._play_steps(p, claims, start)
+            self._auctions(until=end)
+        self.backend.advance_to(end)
         if s.auto_claim:
-            self._submit([(None, c) for c in self._claims(s.periods - 1)],
-                         self.boundary(s.periods) + 1)
+            self._submit([(None, c) for c in self._claims(s.periods - 1)], end + 1)
         return self.state
 
-    def _play_steps(self, period: int, claims: list[Action]) -> None:
+    def _play_steps(self, period: int, claims: list[Action], start: int) -> None:
         group: list[Step] = []
         created: set[tuple[str, str]] = set()
         first: list[tuple[Step | None, Action]] = [(None, c) for c in claims]
         for step in self.scenario.steps_in(period):
             if _needs(step) & created:
-                self._run_group(group, first, period)
+                self._run_group(group, first, start)
                 group, created, first = [], set(), []
             group.append(step)
             created |= _creates(step)
         if group or first:
-            self._run_group(group, first, period)
+            self._run_group(group, first, start)
 
     def _run_group(self, steps: list[Step], before: list[tuple[Step | None, Action]],
-                   period: int) -> None:
+                   start: int) -> None:
         items = list(before)
         for step in steps:
             action = self._action(step)
             if action is not None:
                 items.append((step, action))
-        self._submit(items, self.boundary(period) + 1)
+        self._submit(items, start + 1)
 
     def _submit(self, items: list[tuple[Step | None, Action]], time_ms: int) -> None:
         if not items:

@@ -76,7 +76,8 @@ def summarize(scenario: Scenario, view: Reader, names: dict[bytes, str], state: 
         "dividends": dividends,
         "pool": view.scalar("pool"),
         "rejected": [{"step": r.step, "do": r.do, "by": r.by, "phase": r.phase,
-                      "reason": r.reason} for r in state.rejected],
+                      "reason": r.reason}
+                     for r in sorted(state.rejected, key=lambda r: (r.step, r.phase != "step"))],
     }
     if conservation is not None:
         out["conservation"] = {"held": conservation[0], "inflow": conservation[1]}

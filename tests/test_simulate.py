@@ -306,3 +306,36 @@ def test_run_reports_blocks_and_time() -> None:
     assert run.backend.ledger.height == run.summary()["height"] > 14
     assert run.state.runner_rejected == []
     run.backend.close()
+
+
+def test_period_length_changed_by_governance() -> None:
+    """The player follows the ledger's period bounds, not the genesis period length."""
+    doc = {
+        "seed": "longer periods", "commune": {"name": "Slow", "currency": "EUR",
+                                              "minor_units": 2},
+        "founders": ["a", "b", "c"], "treasury": {"signers": ["a"], "threshold": 1},
+        "periods": 6,
+        "steps": [
+            {"period": 0, "by": "a", "do": "propose", "name": "slower",
+             "change": {"type": "param", "name": "period_seconds", "value": 95}},
+            {"period": 0, "by": "b", "do": "vote", "proposal": "slower", "yes": True},
+            {"period": 0, "by": "c", "do": "vote", "proposal": "slower", "yes": True},
+            {"period": 0, "by": "a", "do": "vote", "proposal": "slower", "yes": True},
+            {"period": 2, "by": "i", "do": "deposit", "amount": 10_000},
+            {"period": 2, "by": "a", "do": "deposit", "amount": 30_000},
+            {"period": 2, "by": "a", "do": "request", "asset": "saw", "price": 10_000,
+             "rent": 10_000, "term": 3, "maturity": 1, "max_rate_bps": 0},
+            {"period": 2, "by": "i", "do": "bid", "asset": "saw", "amount": 10_000,
+             "rate_bps": 0},
+            {"period": 3, "by": "treasury", "do": "acquire", "asset": "saw"},
+        ],
+    }
+    run = run_scenario(parse_scenario(doc), check=True)
+    s = run.summary()
+    assert s["rejected"] == []
+    saw = s["assets"]["saw"]
+    assert (saw["status"], saw["owned"], saw["rental"]["paid"]) == ("rented", True, 20_000)
+    assert len(s["dividends"]) == 6
+    periods = run.backend.ledger.state.rows("periods")
+    assert [r["end_ms"] - r["start_ms"] for _, r in periods] == [60_000] + [95_000] * 5
+    run.backend.close()

@@ -324,6 +324,12 @@ def test_missed_rent_arrears_default_and_reauction() -> None:
                                                    "term": term, "salt": salt}))
     w.block(commits)
     w.block(reveals, time_ms=auction["commit_end_ms"])
+    again = w.h.tx(f2, "rent.reveal", {"asset": asset, "rent": 8_500, "term": 10,
+                                       "salt": bytes([10]) * 32})
+    reason = w.h.reason(again)
+    assert reason is not None and "bid 2 in rental re-auction 0" in reason and \
+        "is already revealed" in reason
+    w.h._pending.clear()
     w.block([], time_ms=auction["reveal_end_ms"])
     auction = w.state.row("auctions", auction_id)
     assert (auction["status"], auction["winner"], auction["result"]) == ("cleared",
@@ -449,3 +455,27 @@ def test_local_backend_checks_invariants() -> None:
         assert "money held 5 != net inflow 0" in str(exc)
     else:
         raise AssertionError("invariant violation not detected")
+
+
+def test_bounds_on_bids_and_holders(monkeypatch: Any) -> None:
+    """An auction takes at most MAX_BIDS bids, a series at most MAX_HOLDERS holders."""
+    from ledger import auctions, series
+
+    monkeypatch.setattr(auctions, "MAX_BIDS", 1)
+    monkeypatch.setattr(series, "MAX_HOLDERS", 1)
+    w = World(3)
+    w.deposit(BIDDERS[0], 60_000)
+    asset = w.request(w.f[0], 60_000, 10_000, 12, 8, 1200)
+    first = w.h.tx(BIDDERS[0], "bond.commit", {"asset": asset, "lock": 60_000,
+                                               "commitment": b"\x01" * 32})
+    w.block([first])
+    second = w.h.tx(BIDDERS[0], "bond.commit", {"asset": asset, "lock": 0 + 1,
+                                                "commitment": b"\x02" * 32})
+    reason = w.h.reason(second)
+    assert reason is not None and "already has 1 bids, the most one auction takes" in reason
+    w.h._pending.clear()
+    w.auction(asset, [])  # the sealed bid forfeits; nothing clears
+    asset = funded_asset(w, holders=((BIDDERS[1], 60_000),))
+    reason = w.h.reason(w.h.tx(BIDDERS[1], "bond.transfer", {
+        "asset": asset, "to": BIDDERS[2].public, "amount": 1}))
+    assert reason is not None and "already has 1 holders" in reason

@@ -1712,5 +1712,77 @@ def simulate(file: Path, check: bool, as_json: bool) -> None:
 # (end of the scenarios section)
 # =========================================================================================
 
+# =========================================================================================
+# Devnet: `commune devnet` (bootstrap/devnet.py, devnet_backend.py, devnet_view.py)
+#
+# A whole commune on this machine: N member daemons as separate processes on loopback,
+# a fresh genesis, a scenario played through their control APIs in real time, the
+# `simulate` summary, checks (same state root everywhere, same figures as simulate).
+# =========================================================================================
+
+
+@cli.command()
+@click.option("--nodes", type=click.IntRange(1), default=None,
+              help="Daemons to run (default: one per member the scenario will have: its "
+                   "founders and applicants; more adds observer nodes).")
+@click.option("--scenario", "scenario_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Scenario file (default: the lifecycle example, "
+                                 "bootstrap/scenarios/lifecycle.json, 20 s periods).")
+@click.option("--keep-running", is_flag=True,
+              help="Leave the daemons running at the end and say how to reach them.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Empty or new directory for the nodes' homes (default: a "
+                                 "temporary one, removed after a clean run).")
+@json_option
+def devnet(nodes: int | None, scenario_file: Path | None, keep_running: bool,
+           directory: Path | None, as_json: bool) -> None:
+    """Found a commune of member daemons on this machine and play a scenario on it, live.
+
+    Creates one home per node and a fresh genesis, starts the daemons as separate
+    processes on 127.0.0.1, plays the scenario through their control APIs in real time
+    with a live display, prints the same summary as `commune simulate` on the same file,
+    checks that every node holds the same state root and that the figures equal the
+    simulation's, then stops the daemons (unless --keep-running). Ctrl-C stops everything
+    cleanly. Exit code 0 when every check passes, 1 otherwise.
+    """
+    import threading
+
+    from bootstrap import devnet as dn
+    from bootstrap.devnet_view import LiveView, render_result
+    from bootstrap.scenario import ScenarioError
+
+    if scenario_file is not None and not scenario_file.exists():
+        fail(f"no scenario file {scenario_file}; example scenarios are in "
+             "bootstrap/scenarios/", Exit.NOT_FOUND)
+    try:
+        scenario, _label = dn.load_devnet_scenario(scenario_file)
+    except ScenarioError as exc:
+        fail(f"{scenario_file} is not a valid scenario: {exc}; see shared/SCENARIOS.md for "
+             "the format", Exit.FAILED)
+    console = stderr_console if as_json else stdout_console
+    stopping = threading.Event()
+    opts = dn.Options(scenario_file, nodes, directory, keep_running)
+    try:
+        with dn.signals_interrupt(), LiveView(console, scenario) as view:
+            try:
+                result = dn.run(opts, view, stopping)
+            except KeyboardInterrupt:
+                stopping.set()
+                raise
+    except dn.DevnetUsageError as exc:
+        fail(str(exc), Exit.EXISTS if exc.exists else Exit.USAGE)
+    except dn.DevnetError as exc:
+        fail(f"the devnet stopped: {exc}", Exit.FAILED)
+    except KeyboardInterrupt:
+        stderr_console.print("interrupted: every daemon was stopped", markup=False)
+        sys.exit(int(Exit.INTERRUPTED))
+    if as_json:
+        emit(result.summary, True)
+    else:
+        render_result(console, result)
+    if not result.exit_ok:
+        fail("the devnet's checks failed (see above)", Exit.FAILED)
+
+
 if __name__ == "__main__":
     main()

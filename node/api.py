@@ -136,6 +136,7 @@ QUERIES: dict[str, tuple[str, ...]] = {
     "tx": ("id",),
     "params": (),
     "validators": (),
+    "state": ("table",),  # raw rows, msgpack hex: see node/queries.state_rows
 }
 
 MAX_WAIT_SECONDS = 120.0

@@ -145,9 +145,11 @@ def treasury(node: Any, params: Mapping[str, str]) -> dict[str, Any]:
         actions.append(render_row(r, id=key.hex()))
     withdrawals = [render_row(row, id=key.hex())
                    for key, row in s.rows("withdrawals")[:MAX_LIST]]
+    held, inflow, _per_holder = node.ledger.conservation()
     return {"signers": [id_text(x) for x in t["signers"]], "threshold": t["threshold"],
             "actions": actions, "withdrawals": withdrawals, "flows": s.flows(),
-            "pool": s.pool()}
+            "pool": s.pool(), "height": node.ledger.height,
+            "conservation": {"held": held, "inflow": inflow}}
 
 
 def params_query(node: Any, params: Mapping[str, str]) -> dict[str, Any]:
@@ -278,6 +280,54 @@ def bonds(node: Any, params: Mapping[str, str]) -> list[dict[str, Any]]:
     return out
 
 
+# ---- raw state rows (added for the devnet's scenario player; bootstrap/devnet.py) -------
+
+MAX_STATE_ROWS = 10_000
+"""Rows per `state` answer; a larger scan is refused (narrow it with a prefix)."""
+
+
+def state_rows(node: Any, params: Mapping[str, str]) -> dict[str, Any]:
+    """Rows of one state table exactly as the ledger holds them, for programs that need
+    the same reads as the in-process ledger (`bootstrap.player.Reader`): `key` (one row)
+    or `prefix` (a key prefix; default all rows), each the hex of canonical msgpack.
+    Keys and rows come back the same way, with the committed height they were read at,
+    so bytes stay bytes and nothing is lost to a text rendering."""
+    from protocol.encoding import encode
+
+    s = node.ledger.state
+    table = params.get("table", "")
+    if table not in s.tables():
+        raise not_found(f"no state table {table!r}")
+
+    def arg(name: str) -> Any:
+        text = params.get(name, "")
+        try:
+            return decode(bytes.fromhex(text), max_size=64 * 1024)
+        except (ValueError, DecodeError):
+            raise bad_request(f"{name} must be the hex of a canonical msgpack value") from None
+
+    def key_of(value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    if "key" in params:
+        key = key_of(arg("key"))
+        try:
+            row = s.row(table, key)
+        except (TypeError, KeyError):
+            row = None
+        found = [] if row is None else [(key, row)]
+    else:
+        prefix = arg("prefix") if "prefix" in params else []
+        if not isinstance(prefix, list):
+            raise bad_request("prefix must be a msgpack array")
+        found = s.rows(table, tuple(prefix))
+        if len(found) > MAX_STATE_ROWS:
+            raise ApiError(413, "too_large", f"{len(found)} rows in {table}, over "
+                                             f"{MAX_STATE_ROWS}; narrow the prefix")
+    return {"table": table, "height": node.ledger.height,
+            "rows": [[encode(k).hex(), encode(r).hex()] for k, r in found]}
+
+
 QUERIES: dict[str, Callable[[Any, Mapping[str, str]], Any]] = {
     "members": members,
     "applications": applications,
@@ -292,6 +342,7 @@ QUERIES: dict[str, Callable[[Any, Mapping[str, str]], Any]] = {
     "tx": tx,
     "params": params_query,
     "validators": validators,
+    "state": state_rows,
 }
 
 

@@ -1,0 +1,807 @@
+"""The scenario player's backend over live daemons (`commune devnet`).
+
+`bootstrap.player.ScenarioPlayer` decides *what* a scenario does and *when* (in the
+ledger's time); `bootstrap.simulate.LocalBackend` makes it happen on one in-process
+ledger with virtual time. `DaemonBackend` makes the same transactions happen on a
+running commune, in real time, through the daemons' control APIs only:
+
+- a member who has a daemon acts through it: the daemon signs with the member's key and
+  picks the nonce (`POST /v1/sign`). A sealed bid the scenario means to reveal is placed
+  with the daemon's own bid action (`/v1/actions/bond_bid`, `rent_bid`), and then the
+  daemon reveals it by itself in the reveal window, as it would for a member; with
+  `auto_claim`, the daemons claim their members' dividends by themselves too. The
+  player's own reveal and claim transactions for those are not sent: the backend waits
+  until the ledger shows the daemon did it (and says so if it did not).
+- an actor without a daemon (an investor, or a member beyond `--nodes`) is signed for
+  here, with the key the scenario derives for the name, and submitted as a raw signed
+  transaction to one of the daemons (`POST /v1/txs`), which gossips it to the others.
+- the committed state is read through `GET /v1/state/{table}` (raw rows, canonical
+  msgpack), so the player's reads and the summary are the very reads it makes on the
+  in-process ledger (`ApiReader`).
+
+Ordering. On the in-process ledger a whole group of actions goes into one block, in
+order. Here each transaction needs a consensus round, so independent actions run
+concurrently and dependent ones wait for each other: an action waits for every earlier
+action of its group that touches the same actor (account, applicant, recipient) or the
+same asset (bids keep their commit order, which decides ties), and governance and
+membership-wide actions (propose, vote, resign, a failed purchase, a liquidation) wait
+for, and hold up, everything. A transaction that needs an earlier one's id (an approval
+of a treasury action) is sent once that one is committed. One signer has at most one
+transaction in flight, so a rejected transaction never leaves a nonce gap behind it.
+
+Time. `advance_to(t)` waits for a committed block at or after `t` (the daemons make an
+empty block every `empty_block_interval`, which is what closes periods and auctions);
+`submit(..., t)` waits for the wall clock to reach `t` first. Every wait is on a
+condition observed through the API, with a deadline; a daemon that dies or a chain that
+stops making blocks ends the run with a `DevnetError` saying where to look.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bootstrap.player import Action, Intent, Outcome
+from bootstrap.scenario import (
+    AcquireFailedStep,
+    BidStep,
+    LiquidatedStep,
+    ProposeStep,
+    RentBidStep,
+    ResignStep,
+    Scenario,
+    Step,
+    VoteStep,
+)
+from ledger.membership import default_peer_id
+from node.client import Client, ClientError, DaemonNotRunning
+from protocol.encoding import decode, encode
+from protocol.transactions import make_tx
+
+MAX_CONCURRENT_ACTIONS = 8
+"""Actions of one group in flight at once (each is a thread waiting on the API)."""
+SUBMIT_WAIT_SECONDS = 20.0
+"""How long one API call waits for its transaction to commit before asking again."""
+COMMIT_DEADLINE_SECONDS = 90.0
+"""A transaction not committed (nor rejected) by then means the commune is stuck."""
+BLOCK_DEADLINE_SECONDS = 45.0
+"""Longest wait for a block past a given time, beyond that time itself."""
+DAEMON_ACTION_DEADLINE_SECONDS = 20.0
+"""Longest wait for a daemon's own reveal or claim once it is due."""
+POLL_SECONDS = 0.1
+CATCH_UP_POLL_SECONDS = 0.02
+"""Daemons are a block or so apart at most: catching up takes milliseconds."""
+MAX_STATE_BYTES = 64 * 1024 * 1024
+
+BARRIER_STEPS = (ProposeStep, VoteStep, ResignStep, AcquireFailedStep, LiquidatedStep)
+"""Steps whose effects reach beyond the actors they name: they run alone."""
+
+
+class DevnetError(RuntimeError):
+    """The devnet cannot go on (a daemon died, the chain stalled); the message says why."""
+
+
+class Monitor(Protocol):
+    """Who watches the run (the live display); every call comes from any thread."""
+
+    def action_started(self, action: Action, text: str) -> None: ...
+
+    def action_done(self, action: Action, text: str, outcome: Outcome,
+                    height: int | None) -> None: ...
+
+    def waiting(self, text: str, until_ms: int | None) -> None: ...
+
+    def warn(self, text: str) -> None: ...
+
+    def advanced(self, time_ms: int, height: int) -> None:
+        """A block at or after `time_ms` is committed (a period or an auction closed)."""
+        ...
+
+
+CLIENT_TIMEOUT = SUBMIT_WAIT_SECONDS + 30.0
+MAX_IDLE_CLIENTS = 8
+
+
+class ClientPool:
+    """Reusable API clients of one daemon, safe to share between threads.
+
+    Making an httpx client costs about 0.1 s of CPU (it prepares TLS even for plain
+    HTTP), more than the request itself: the devnet makes thousands of requests, so
+    each thread borrows an idle client and gives it back.
+    """
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self._idle: list[Client] = []
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def client(self) -> Iterator[Client]:
+        with self._lock:
+            c = self._idle.pop() if self._idle else None
+        if c is None:
+            c = Client.from_home(self.home, timeout=CLIENT_TIMEOUT)
+        try:
+            yield c
+        finally:
+            with self._lock:
+                if len(self._idle) < MAX_IDLE_CLIENTS:
+                    self._idle.append(c)
+                    c = None
+            if c is not None:
+                c.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for c in idle:
+            c.close()
+
+
+@dataclass
+class Endpoint:
+    """One running daemon as the backend sees it."""
+
+    name: str
+    home: Path
+    member: bytes
+    pool: ClientPool
+    alive: Callable[[], str | None] = lambda: None
+    """None while the process runs, else why it is gone (checked on every wait)."""
+
+    def client(self) -> contextlib.AbstractContextManager[Client]:
+        return self.pool.client()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def to_json(value: Any) -> Any:
+    """Transaction args as the API takes them: bytes as hex (ids too), the rest as is."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    return value
+
+
+# ---- reads ------------------------------------------------------------------------------
+
+
+class ApiReader:
+    """`bootstrap.player.Reader` over one daemon's `GET /v1/state/{table}`.
+
+    Read-your-writes: `require(height)` makes every later read wait until this daemon
+    has committed at least that height (another daemon may have reported the commit).
+    """
+
+    def __init__(self, endpoint: Endpoint, check: Callable[[], None]) -> None:
+        self.endpoint = endpoint
+        self._check = check
+        self._min_height = 0
+        self._lock = threading.Lock()
+
+    def require(self, height: int) -> None:
+        with self._lock:
+            self._min_height = max(self._min_height, height)
+
+    @property
+    def min_height(self) -> int:
+        return self._min_height
+
+    def _get(self, table: str, **params: str) -> list[tuple[Any, dict[str, Any]]]:
+        deadline = time.monotonic() + BLOCK_DEADLINE_SECONDS
+        while True:
+            self._check()
+            with self.endpoint.client() as c:
+                answer = c.get(f"state/{table}", **params)
+            if int(answer["height"]) >= self._min_height:
+                break
+            if time.monotonic() > deadline:
+                raise DevnetError(f"{self.endpoint.name}'s daemon stayed at height "
+                                  f"{answer['height']}, below {self._min_height}, for "
+                                  f"{BLOCK_DEADLINE_SECONDS:.0f} s")
+            time.sleep(POLL_SECONDS)
+        out = []
+        for k, r in answer["rows"]:
+            key = decode(bytes.fromhex(k), max_size=MAX_STATE_BYTES)
+            row = decode(bytes.fromhex(r), max_size=MAX_STATE_BYTES)
+            out.append((tuple(key) if isinstance(key, list) else key, row))
+        return out
+
+    def row(self, table: str, key: Any) -> dict[str, Any] | None:
+        found = self._get(table, key=encode(key).hex())
+        return found[0][1] if found else None
+
+    def rows(self, table: str, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, dict[str, Any]]]:
+        return self._get(table, prefix=encode(list(prefix)).hex())
+
+    def scalar(self, name: str) -> int:
+        row = self.row("scalars", name)
+        return 0 if row is None else int(row["value"])
+
+
+# ---- the backend --------------------------------------------------------------------------
+
+
+@dataclass
+class _Done:
+    txid: bytes | None
+    reason: str | None
+    height: int | None = None
+
+
+@dataclass
+class _Bid:
+    """A member's bid placed through the daemon's bid action (the daemon reveals it)."""
+
+    table: str  # "bond_bids" or "rent_bids"
+    auction: bytes
+    order: int
+
+
+@dataclass
+class BackendStats:
+    transactions: int = 0
+    by_daemon: int = 0
+    """Reveals and claims the daemons made on their own."""
+    late: list[str] = field(default_factory=list)
+
+
+class DaemonBackend:
+    """The player's `Backend` over the daemons of a devnet (see the module docstring)."""
+
+    def __init__(self, scenario: Scenario, chain_id: bytes, genesis_time_ms: int,
+                 endpoints: Sequence[Endpoint], *, auto_claim: bool,
+                 monitor: Monitor, stopping: threading.Event) -> None:
+        assert endpoints
+        self.scenario = scenario
+        self._chain_id = chain_id
+        self._genesis_time_ms = genesis_time_ms
+        self.endpoints = list(endpoints)
+        self.by_member = {e.member: e for e in self.endpoints}
+        self.auto_claim = auto_claim
+        self.monitor = monitor
+        self.stopping = stopping
+        self.reader = ApiReader(self.endpoints[0], self.check)
+        self.names = {scenario.key(n).public: n for n in scenario.actors}
+        self.period_ms = scenario.commune.params.period_seconds * 1000
+        self.stats = BackendStats()
+        self._signer_locks: dict[bytes, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._nonces: dict[bytes, int] = {}  # next nonce of actors signed for here
+        self._daemon_bids: dict[int, _Bid] = {}  # bid step index -> where its row is
+        self._gateway = 0
+        self._watermark = 0
+        """Highest height at which one of our transactions committed."""
+        self._heights: dict[str, int] = {}
+        """Heights each daemon is known to have reached."""
+        self._registered: set[bytes] = set()
+
+    # ---- Backend protocol ----------------------------------------------------------------
+
+    @property
+    def chain_id(self) -> bytes:
+        return self._chain_id
+
+    @property
+    def genesis_time_ms(self) -> int:
+        return self._genesis_time_ms
+
+    @property
+    def view(self) -> ApiReader:
+        return self.reader
+
+    def last_time_ms(self) -> int:
+        last = self._status(self.endpoints[0]).get("last_block")
+        return self._genesis_time_ms if not last else int(last["time_ms"])
+
+    def advance_to(self, time_ms: int) -> None:
+        """Wait until the reader daemon has committed a block at or after `time_ms`."""
+        self.monitor.waiting(self._what_at(time_ms), time_ms)
+        deadline = time.monotonic() + max(0, time_ms - now_ms()) / 1000 + BLOCK_DEADLINE_SECONDS
+        while True:
+            status = self._status(self.endpoints[0])
+            last = status.get("last_block")
+            if last and int(last["time_ms"]) >= time_ms:
+                self.reader.require(int(last["height"]))
+                self.monitor.advanced(time_ms, int(last["height"]))
+                return
+            if time.monotonic() > deadline:
+                raise DevnetError(
+                    f"no block at or after {_clock(time_ms)} in {BLOCK_DEADLINE_SECONDS:.0f} s "
+                    f"past it (height {status.get('height')}): consensus is stuck; see "
+                    f"the daemons' logs (DIR/NAME/daemon.log)")
+            self._sleep_until(min(time_ms, now_ms() + 250) if now_ms() < time_ms else None)
+
+    def submit(self, actions: Sequence[Action], time_ms: int) -> list[Outcome]:
+        if not actions:
+            return []
+        wait_ms = time_ms - now_ms()
+        if wait_ms > 0:
+            self.monitor.waiting(f"waiting for {_clock(time_ms)}", time_ms)
+            self._sleep_until(time_ms)
+        outcomes = self._run_group(list(actions))
+        self._register_nodes()
+        return outcomes
+
+    def _register_nodes(self) -> None:
+        """A member admitted during the run votes once its node is registered.
+
+        Founders' nodes are in the genesis; a member admitted later is a validator only
+        after a `member.node` naming the peer id that votes for it (DESIGN 6.2). The
+        scenario (and `simulate`) has no such step, since it changes no figure; here the
+        applicant's daemon signs it as soon as the admission is committed, so its node
+        turns from a follower into a validator, as a member would have it do.
+        """
+        for who, row in self.reader.rows("members"):
+            endpoint = self.by_member.get(who)
+            if endpoint is None or row["node"] or who in self._registered:
+                continue
+            self._registered.add(who)
+            action = Action(None, "node", (Intent(self.scenario.key(endpoint.name),
+                                                  "member.node", {}),))
+            text = f"{endpoint.name}'s daemon registers its node: it votes from now on"
+            self.monitor.action_started(action, text)
+            args = {"peer_id": default_peer_id(who).hex()}
+            with self._signer_lock(who):
+                self._catch_up(endpoint)
+                done = self._sign(endpoint, "member.node", args)
+            if done.height is not None:
+                self.reader.require(done.height)
+            self.monitor.action_done(action, text, Outcome((), done.reason), done.height)
+
+    # ---- scheduling ----------------------------------------------------------------------
+
+    def _run_group(self, actions: list[Action]) -> list[Outcome]:
+        n = len(actions)
+        deps = dependencies(self.scenario, actions, self._name)
+        outcomes: list[Outcome | None] = [None] * n
+        done: set[int] = set()
+        started: set[int] = set()
+        running: dict[Future[Outcome], int] = {}
+        pool = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_ACTIONS,
+                                  thread_name_prefix="devnet-action")
+        finished_ok = False
+        try:
+            while len(done) < n:
+                for j in range(n):
+                    if j not in started and deps[j] <= done \
+                            and len(running) < MAX_CONCURRENT_ACTIONS:
+                        started.add(j)
+                        running[pool.submit(self._run_action, actions[j])] = j
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for f in finished:
+                    j = running.pop(f)
+                    outcomes[j] = f.result()
+                    done.add(j)
+            finished_ok = True
+        finally:
+            if not finished_ok:
+                # Ctrl-C or a failed action: the others notice `stopping` at their next
+                # check, or fail fast once the daemons are stopped; do not wait for them.
+                self.stopping.set()
+            pool.shutdown(wait=finished_ok, cancel_futures=True)
+        assert all(o is not None for o in outcomes)
+        return [o for o in outcomes if o is not None]
+
+    # ---- one action ------------------------------------------------------------------------
+
+    def _run_action(self, action: Action) -> Outcome:
+        text = self.describe(action)
+        self.monitor.action_started(action, text)
+        ids: list[bytes] = []
+        reason: str | None = None
+        height: int | None = None
+        for intent in action.intents:
+            done = self._run_intent(action, intent, ids)
+            if done.height is not None:
+                height = done.height if height is None else max(height, done.height)
+                self.reader.require(done.height)
+            if done.reason is not None:
+                reason = done.reason
+                break
+            if done.txid is not None:
+                ids.append(done.txid)
+        outcome = Outcome(tuple(ids), reason)
+        if reason is None and height is not None and action.step is not None:
+            self._check_on_time(action, height)
+        self.monitor.action_done(action, text, outcome, height)
+        return outcome
+
+    def _run_intent(self, action: Action, intent: Intent, earlier: list[bytes]) -> _Done:
+        signer = intent.key.public
+        endpoint = self.by_member.get(signer)
+        step = self.scenario.steps[action.step] if action.step is not None else None
+        if endpoint is not None:
+            if intent.kind in ("bond.reveal", "rent.reveal") and action.step in self._daemon_bids:
+                return self._await_reveal(action.step, endpoint)
+            if intent.kind == "dividend.claim" and step is None and self.auto_claim:
+                return self._await_claim(intent, endpoint)
+        args = intent.resolve(earlier)
+        with self._signer_lock(signer):
+            if endpoint is None:
+                return self._signed_here(intent, args)
+            self._catch_up(endpoint)
+            if isinstance(step, BidStep) and intent.kind == "bond.commit" and step.reveal \
+                    and step.lock >= step.amount:
+                return self._daemon_bid(step, endpoint, "bond_bid", "bond_bids", {
+                    "asset": args["asset"].hex(), "amount": step.amount,
+                    "rate_bps": step.rate_bps, "lock": step.lock})
+            if isinstance(step, RentBidStep) and intent.kind == "rent.commit" and step.reveal:
+                return self._daemon_bid(step, endpoint, "rent_bid", "rent_bids", {
+                    "asset": args["asset"].hex(), "rent": step.rent, "term": step.term,
+                    "lock": args.get("lock", 0)})
+            return self._sign(endpoint, intent.kind, to_json(args))
+
+    def _sign(self, endpoint: Endpoint, kind: str, args: dict[str, Any]) -> _Done:
+        """Have the member's daemon sign and submit; wait for the verdict."""
+        return self._call(endpoint, lambda c: c.sign(kind, args, wait=SUBMIT_WAIT_SECONDS))
+
+    def _signer_lock(self, signer: bytes) -> threading.Lock:
+        with self._locks_guard:
+            return self._signer_locks.setdefault(signer, threading.Lock())
+
+    def _signed_here(self, intent: Intent, args: dict[str, Any]) -> _Done:
+        """An actor without a daemon: sign with its scenario key, submit to any daemon."""
+        who = intent.key.public
+        if who not in self._nonces:
+            row = self.reader.row("accounts", who)
+            self._nonces[who] = 1 if row is None else int(row["nonce"]) + 1
+        tx = make_tx(intent.key, self._chain_id, intent.kind, self._nonces[who], args)
+        self._gateway = (self._gateway + 1) % len(self.endpoints)
+        first = self.endpoints[self._gateway]
+        others = [e for e in self.endpoints if e is not first]
+        self._catch_up(first)
+
+        def send(c: Client) -> dict[str, Any]:
+            result = c.submit(tx.raw)  # its verdict is the one reported
+            for e in others:  # the next proposer has it at once, not after a gossip hop
+                with contextlib.suppress(ClientError), e.client() as other:
+                    other.submit(tx.raw)
+            return result
+
+        done = self._call(first, send)
+        if done.reason is None:
+            self._nonces[who] += 1
+        return done
+
+    def _daemon_bid(self, step: Step, endpoint: Endpoint, action: str, table: str,
+                    body: dict[str, Any]) -> _Done:
+        done, result = self._call_result(
+            endpoint, lambda c: c.action(action, body, wait=SUBMIT_WAIT_SECONDS))
+        if done.reason is None:
+            res = result.get("result") or {}
+            auction = bytes.fromhex(str(res.get("auction") or body["asset"]))
+            self._daemon_bids[step.index] = _Bid(table, auction, int(res["bid"]))
+        return done
+
+    def _call(self, endpoint: Endpoint, fn: Callable[[Client], dict[str, Any]]) -> _Done:
+        return self._call_result(endpoint, fn)[0]
+
+    def _call_result(self, endpoint: Endpoint, fn: Callable[[Client], dict[str, Any]]
+                     ) -> tuple[_Done, dict[str, Any]]:
+        """Send, then wait for the commit (or the rejection) with a deadline."""
+        self.check()
+        try:
+            with endpoint.client() as c:
+                result = fn(c)
+        except DaemonNotRunning:
+            self.check()
+            raise DevnetError(f"{endpoint.name}'s daemon stopped answering") from None
+        except ClientError as exc:
+            if exc.kind in ("rejected", "usage", "not_found"):
+                return _Done(None, exc.message), {}
+            raise DevnetError(f"{endpoint.name}'s daemon: {exc.message}") from None
+        with self._locks_guard:
+            self.stats.transactions += 1
+        deadline = time.monotonic() + COMMIT_DEADLINE_SECONDS
+        while result.get("status") == "pending":
+            if time.monotonic() > deadline:
+                raise DevnetError(f"transaction {result.get('id')} sent to {endpoint.name} "
+                                  f"was not committed in {COMMIT_DEADLINE_SECONDS:.0f} s: "
+                                  "consensus is stuck; see the daemons' logs")
+            self.check()
+            with endpoint.client() as c:
+                result = c.wait_tx(str(result["id"]), timeout=SUBMIT_WAIT_SECONDS)
+        status = result.get("status")
+        txid = bytes.fromhex(str(result["id"])) if result.get("id") else None
+        if status == "committed":
+            height = int(result["height"])
+            with self._locks_guard:
+                self._watermark = max(self._watermark, height)
+                self._heights[endpoint.name] = max(self._heights.get(endpoint.name, 0), height)
+            return _Done(txid, None, height), result
+        reason = str(result.get("reason") or f"the transaction was {status}")
+        return _Done(None, reason), result
+
+    def _catch_up(self, endpoint: Endpoint) -> None:
+        """Wait until `endpoint` has every block in which we saw a transaction commit.
+
+        Its mempool judges a new transaction against its own committed state: an approval
+        sent to a daemon one block behind the one that committed the approved action
+        would be refused as approving nothing.
+        """
+        need = self._watermark
+        if self._heights.get(endpoint.name, 0) >= need:
+            return
+        deadline = time.monotonic() + BLOCK_DEADLINE_SECONDS
+        while True:
+            height = int(self._status(endpoint)["height"])
+            with self._locks_guard:
+                self._heights[endpoint.name] = max(self._heights.get(endpoint.name, 0), height)
+            if height >= need:
+                return
+            if time.monotonic() > deadline:
+                raise DevnetError(f"{endpoint.name}'s daemon stayed at height {height}, "
+                                  f"below {need}, for {BLOCK_DEADLINE_SECONDS:.0f} s: it "
+                                  "does not keep up with the others")
+            self._pause(CATCH_UP_POLL_SECONDS)
+
+    # ---- what the daemons do on their own ----------------------------------------------------
+
+    def _await_reveal(self, step_index: int, endpoint: Endpoint) -> _Done:
+        bid = self._daemon_bids[step_index]
+        auction = self.reader.row("auctions", bid.auction)
+        end = int(auction["reveal_end_ms"]) if auction else now_ms()
+        deadline = time.monotonic() + max(0, end - now_ms()) / 1000 + \
+            DAEMON_ACTION_DEADLINE_SECONDS
+        while True:
+            row = self.reader.row(bid.table, (bid.auction, bid.order))
+            status = None if row is None else row["status"]
+            if status in ("revealed", "won", "lost"):
+                with self._locks_guard:
+                    self.stats.by_daemon += 1
+                return _Done(None, None)
+            if status == "forfeited" or time.monotonic() > deadline:
+                return _Done(None, f"{endpoint.name}'s daemon did not reveal the bid before "
+                                   "the reveal window closed")
+            self._pause()
+
+    def _await_claim(self, intent: Intent, endpoint: Endpoint) -> _Done:
+        periods = intent.resolve([]).get("periods", [])
+        deadline = time.monotonic() + DAEMON_ACTION_DEADLINE_SECONDS
+        while True:
+            rows = [self.reader.row("dividends", (intent.key.public, p)) for p in periods]
+            if all(r is None or r["claimed_height"] for r in rows):
+                with self._locks_guard:
+                    self.stats.by_daemon += 1
+                return _Done(None, None)
+            if time.monotonic() > deadline:
+                break
+            self._pause()
+        self.monitor.warn(f"{endpoint.name}'s daemon did not claim its dividend within "
+                          f"{DAEMON_ACTION_DEADLINE_SECONDS:.0f} s; claiming through its API")
+        with self._signer_lock(intent.key.public):
+            self._catch_up(endpoint)
+            done = self._call(endpoint, lambda c: c.action("claim", {},
+                                                           wait=SUBMIT_WAIT_SECONDS))
+        if done.reason == "no unclaimed dividends":
+            return _Done(None, None)
+        return done
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise if the run must stop: Ctrl-C, or a daemon that is gone."""
+        if self.stopping.is_set():
+            raise DevnetError("stopping")
+        for e in self.endpoints:
+            gone = e.alive()
+            if gone is not None:
+                raise DevnetError(f"{e.name}'s daemon {gone}; its log: {e.home}/daemon.log")
+
+    def _pause(self, seconds: float = POLL_SECONDS) -> None:
+        self.check()
+        if self.stopping.wait(seconds):
+            self.check()
+
+    def _sleep_until(self, time_ms: int | None) -> None:
+        """Wait for the wall clock (a deadline, not a synchronization), interruptibly."""
+        if time_ms is None:
+            self._pause()
+            return
+        while True:
+            self.check()
+            left = time_ms - now_ms()
+            if left <= 0:
+                return
+            if self.stopping.wait(min(left, 250) / 1000):
+                self.check()
+
+    def _status(self, endpoint: Endpoint) -> dict[str, Any]:
+        self.check()
+        try:
+            with endpoint.client() as c:
+                status: dict[str, Any] = c.request("GET", "status", timeout=10.0)
+                return status
+        except ClientError as exc:
+            self.check()
+            raise DevnetError(f"{endpoint.name}'s daemon: {exc.message}") from None
+
+    def _name(self, who: bytes) -> str:
+        return self.names.get(who, who.hex()[:8])
+
+    def period_at(self, time_ms: int) -> int:
+        return (time_ms - self._genesis_time_ms) // self.period_ms
+
+    def _what_at(self, time_ms: int) -> str:
+        offset = time_ms - self._genesis_time_ms
+        if offset % self.period_ms == 0:
+            p = offset // self.period_ms
+            return f"waiting for the close of period {p - 1}"
+        return f"waiting for a block at {_clock(time_ms)}"
+
+    def _check_on_time(self, action: Action, height: int) -> None:
+        """A step's transactions must land in the step's period, or figures drift."""
+        assert action.step is not None
+        step = self.scenario.steps[action.step]
+        end = self._genesis_time_ms + (step.period + 1) * self.period_ms
+        if now_ms() < end:
+            return
+        try:
+            with self.endpoints[0].client() as c:
+                block_time = int(c.get(f"block/{height}")["time_ms"])
+        except ClientError:
+            return
+        if block_time >= end:
+            text = (f"{self.describe(action)} (step {step.index}, period {step.period}) "
+                    f"committed in period {self.period_at(block_time)}: the devnet fell "
+                    "behind real time, figures may differ from simulate")
+            self.stats.late.append(text)
+            self.monitor.warn(text)
+
+    def by_daemon(self, action: Action) -> bool:
+        """Whether the member's daemon does this action on its own (nothing is sent)."""
+        signer = action.intents[0].key.public
+        if signer not in self.by_member:
+            return False
+        if action.step is None:
+            return self.auto_claim and action.intents[0].kind == "dividend.claim"
+        return action.what == "reveal" and action.step in self._daemon_bids
+
+    def describe(self, action: Action) -> str:
+        text = describe_action(self.scenario, action, self._name)
+        if self.by_daemon(action):
+            who = self._name(action.intents[0].key.public)
+            text = f"{who}'s daemon: " + text.removeprefix(who + " ")
+        return text
+
+
+def resources(scenario: Scenario, action: Action, name: Callable[[bytes], str]
+              ) -> tuple[set[str], set[str], bool]:
+    """What an action reads, what it writes, and whether it must run alone.
+
+    Accounts (balances) and memberships are separate resources: an attestation
+    reads the attester's membership and writes the applicant's, a deposit writes
+    only the depositor's account, so an actor's deposit and attestation need not
+    wait for each other. Treasury signers only authorize: they are not resources
+    (one signer's transactions are serialized anyway, see `DaemonBackend`).
+    """
+    if action.step is None:  # the runner's own: a claim credits the claimant
+        who = name(action.intents[0].key.public)
+        return set(), {f"account:{who}"}, False
+    step: Any = scenario.steps[action.step]
+    if action.what == "reveal":
+        return set(), {f"bid:{step.index}"}, False
+    if isinstance(step, BARRIER_STEPS):
+        return set(), set(), True
+    reads: set[str] = set()
+    writes: set[str] = set()
+    by = step.by
+    do = step.do
+    if do in ("deposit", "withdraw", "claim"):
+        writes.add(f"account:{by}")
+    elif do == "transfer":
+        writes |= {f"account:{by}", f"account:{step.to}"}
+    elif do == "apply":
+        writes.add(f"member:{by}")
+    elif do == "attest":  # an admission changes the member count, which caps admissions
+        reads.add(f"member:{by}")
+        writes |= {f"member:{step.applicant}", "members"}
+    elif do == "request":
+        reads.add(f"member:{by}")
+        writes.add(f"asset:{step.asset}")
+    elif do in ("bid", "rent_bid"):
+        reads.add(f"member:{by}")
+        writes |= {f"account:{by}", f"asset:{step.asset}"}
+    elif do == "bond_transfer":
+        writes |= {f"asset:{step.asset}", f"account:{by}", f"account:{step.to}"}
+    elif do == "end_rental":
+        reads.add(f"member:{by}")
+        writes.add(f"asset:{step.asset}")
+    elif do == "acquire":
+        writes.add(f"asset:{step.asset}")
+    else:  # anything not modelled above runs alone
+        return set(), set(), True
+    return reads, writes, False
+
+
+def opens_window(action: Action) -> bool:
+    return action.step is not None and action.what == "request"
+
+
+def dependencies(scenario: Scenario, actions: Sequence[Action],
+                 name: Callable[[bytes], str]) -> list[set[int]]:
+    """For each action of a group, the earlier (or, for a request, other) actions it waits for.
+
+    Two actions conflict when one writes what the other reads or writes, or when either
+    must run alone; the later one waits. An action that opens a window (an asset request
+    opens its auction's commit window) goes last in its group: the player sends what
+    depends on it (the bids) only once the whole group is done, so the window must open
+    as late as possible. A step naming the asset is in a later group; if a later action
+    of the group still conflicts with it (a barrier), it stays where it is.
+    """
+    n = len(actions)
+    res = [resources(scenario, a, name) for a in actions]
+    deps: list[set[int]] = []
+    for j in range(n):
+        rj, wj, bj = res[j]
+        deps.append({i for i in range(j) if bj or res[i][2] or res[i][1] & (rj | wj)
+                     or wj & res[i][0]})
+    for j in range(n):
+        if opens_window(actions[j]) and not any(j in deps[i] for i in range(j + 1, n)):
+            deps[j] |= {i for i in range(n) if i != j and not opens_window(actions[i])}
+    return deps
+
+
+# ---- words for people --------------------------------------------------------------------
+
+
+def _m(amount: int) -> str:
+    return f"{amount:,}"
+
+
+def describe_action(scenario: Scenario, action: Action, name: Callable[[bytes], str]) -> str:
+    """One line saying what an action does, for the progress display."""
+    if action.step is None:
+        intent = action.intents[0]
+        periods = intent.resolve([]).get("periods", [])
+        which = ", ".join(str(p) for p in periods)
+        return f"{name(intent.key.public)} claims the dividend of period {which}"
+    s: Any = scenario.steps[action.step]
+    if action.what == "reveal":
+        return f"{s.by} reveals the sealed bid of step {s.index}"
+    do = s.do
+    texts: Mapping[str, Callable[[], str]] = {
+        "deposit": lambda: f"{s.by} deposits {_m(s.amount)} (treasury)",
+        "withdraw": lambda: f"{s.by} withdraws {_m(s.amount)} (treasury)",
+        "transfer": lambda: f"{s.by} pays {s.to} {_m(s.amount)}",
+        "apply": lambda: f"{s.by} applies for membership"
+                         + (f" ({s.enterprise})" if s.enterprise else ""),
+        "attest": lambda: f"{s.by} attests {s.applicant}'s labour",
+        "resign": lambda: f"{s.by} resigns",
+        "request": lambda: (f"{s.by} requests {s.asset}: price {_m(s.price)}, rent "
+                            f"{_m(s.rent)} × {s.term} periods, bonds ≤ {s.max_rate_bps} bps"),
+        "bid": lambda: f"{s.by} bids {_m(s.amount)} at {s.rate_bps} bps for {s.asset}'s bonds"
+                       + ("" if s.reveal else " (never revealed)"),
+        "acquire": lambda: f"the treasury buys {s.asset}",
+        "acquire_failed": lambda: f"the purchase of {s.asset} falls through",
+        "end_rental": lambda: f"{s.by} ends the rental of {s.asset}",
+        "rent_bid": lambda: f"{s.by} bids rent {_m(s.rent)} × {s.term} for {s.asset}",
+        "liquidated": lambda: f"the treasury sells {s.asset} for {_m(s.proceeds)}",
+        "claim": lambda: f"{s.by} claims dividends",
+        "propose": lambda: f"{s.by} proposes {s.name!r}",
+        "vote": lambda: f"{s.by} votes {'yes' if s.yes else 'no'} on {s.proposal!r}",
+        "bond_transfer": lambda: f"{s.by} transfers {_m(s.amount)} of {s.asset}'s bonds "
+                                 f"to {s.to}",
+    }
+    fn = texts.get(do)
+    return fn() if fn else f"{s.by} {do}"
+
+
+def _clock(time_ms: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(time_ms / 1000))
+
+
+def names_of(endpoints: Iterable[Endpoint]) -> list[str]:
+    return [e.name for e in endpoints]

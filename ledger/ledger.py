@@ -115,7 +115,8 @@ class Ledger:
                 expected = last[3] if last else store.meta("genesis_state_root")
                 if state.root() != expected:
                     raise LedgerError(f"the state tables of {path} do not match the state "
-                                      f"root of its last block: the store is damaged")
+                                      "root of its last block: the store is damaged, or was "
+                                      "written under other rules (another version)")
         except Exception:
             store.close()
             raise

@@ -204,14 +204,11 @@ class State:
 
     def root_after(self, changes: list[Change]) -> tuple[bytes, MultisetHash]:
         """State root and hash value once `changes` are applied to the settled state."""
-        added = removed = 0
         specs = self.specs
-        for table, key, old, new in changes:
-            spec = specs[table]
-            if old is not None:
-                removed += element(spec.entry(key, old))
-            if new is not None:
-                added += element(spec.entry(key, new))
+        olds = [specs[t].entry(k, o) for t, k, o, _n in changes if o is not None]
+        news = [specs[t].entry(k, n) for t, k, _o, n in changes if n is not None]
+        removed = sum(map(element, olds))
+        added = sum(map(element, news))
         h = self.hash.copy()
         h.combine(added, removed)
         return h.digest(), h
@@ -238,9 +235,8 @@ class State:
         """The hash of the whole state from scratch: what `reopen` verifies."""
         total = 0
         for name, rows in self.data.items():
-            spec = self.specs[name]
-            for key, row in rows.items():
-                total += element(spec.entry(key, row))
+            entry = self.specs[name].entry
+            total += sum(map(element, [entry(k, r) for k, r in rows.items()]))
         return MultisetHash(total)
 
     def root(self) -> bytes:

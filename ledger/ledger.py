@@ -8,6 +8,8 @@ result is cached by block hash, and `commit` only writes it (one SQLite transact
 durable before returning) and makes it the settled state.
 
 Everything here is synchronous and deterministic; the caller owns threads and clocks.
+Not thread-safe: execution writes into the in-memory state and rolls it back, so every
+call (queries through `state` included) must come from one thread at a time.
 """
 
 from __future__ import annotations

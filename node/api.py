@@ -41,16 +41,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from node.client import API_VERSION, MAX_TOKEN_FILE_BYTES, base_url, valid_token
 from node.config import write_new_file
 from node.logs import get_logger
 from node.metrics import CONTENT_TYPE, Metrics
 
-API_VERSION = "v1"
 MAX_BODY_BYTES = 256 * 1024
 """Largest request body: a transaction is at most 64 KiB, hex-encoded in JSON twice that."""
 TOKEN_BYTES = 32
 TOKEN_MODE = 0o600
-MAX_TOKEN_FILE_BYTES = 1024
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 log = get_logger("api")
@@ -145,10 +144,6 @@ MAX_WAIT_SECONDS = 120.0
 # ---- token ------------------------------------------------------------------------------
 
 
-def _valid_token(text: str) -> bool:
-    return 32 <= len(text) <= 256 and all(c.isalnum() or c in "-_" for c in text)
-
-
 def ensure_token(path: Path) -> str:
     """The API token: the one in `path` if it is sound, else a fresh one written 0600.
 
@@ -166,7 +161,7 @@ def ensure_token(path: Path) -> str:
                 existing = path.read_text(encoding="ascii")[:MAX_TOKEN_FILE_BYTES].strip()
             except (OSError, UnicodeDecodeError):
                 existing = None
-        if existing and _valid_token(existing):
+        if existing and valid_token(existing):
             return existing
         log.warning("api_token_replaced", path=path,
                     why="not a private regular file with a valid token")
@@ -174,14 +169,6 @@ def ensure_token(path: Path) -> str:
     token = secrets.token_urlsafe(TOKEN_BYTES)
     write_new_file(path, (token + "\n").encode("ascii"), mode=TOKEN_MODE)
     return token
-
-
-def read_token(path: Path) -> str:
-    """The token as a client reads it; OSError/ValueError if absent or malformed."""
-    text = path.read_text(encoding="ascii")[:MAX_TOKEN_FILE_BYTES].strip()
-    if not _valid_token(text):
-        raise ValueError(f"{path} does not hold an API token")
-    return text
 
 
 def write_endpoint(path: Path, host: str, port: int) -> None:
@@ -195,10 +182,6 @@ def write_endpoint(path: Path, host: str, port: int) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-
-
-def base_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 # ---- request handling ------------------------------------------------------------------
@@ -309,7 +292,7 @@ def _authorize(request: Request, token: str) -> None:
 
 def create_app(backend: Backend, token: str, metrics: Metrics | None = None) -> Starlette:
     """The ASGI app of the control API, routed to `backend`."""
-    if not _valid_token(token):
+    if not valid_token(token):
         raise ValueError("API token is malformed")
     ctx = _Ctx(backend, token, metrics)
     v = f"/{API_VERSION}"

@@ -17,10 +17,31 @@ from typing import Any
 
 import httpx
 
-from node.api import API_VERSION, read_token
 from node.config import Paths
 
 DEFAULT_TIMEOUT = 30.0
+API_VERSION = "v1"
+MAX_TOKEN_FILE_BYTES = 1024
+
+
+def valid_token(text: str) -> bool:
+    return 32 <= len(text) <= 256 and all(c.isalnum() or c in "-_" for c in text)
+
+
+def read_token(path: Path) -> str:
+    """The API token from its file; OSError/ValueError if absent or malformed.
+
+    Lives here rather than in node/api.py so the CLI does not import the server
+    stack (trio, Hypercorn, Starlette) just to read a file.
+    """
+    text = path.read_text(encoding="ascii")[:MAX_TOKEN_FILE_BYTES].strip()
+    if not valid_token(text):
+        raise ValueError(f"{path} does not hold an API token")
+    return text
+
+
+def base_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 class ClientError(Exception):

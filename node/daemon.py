@@ -220,6 +220,7 @@ class Node:
             "listen": self.net.listen_addrs, "peers": len(self.net.peers()),
             "uptime_seconds": int(time.time() - self.started_at),
             "pid": os.getpid(), **d,
+            "evidence_recorded": self.ledger.state.count("evidence"),
             "last_block": self._last_block_info(),
         }
 
@@ -380,6 +381,8 @@ async def run(home: Path, key: SigningKey, *, shutdown: trio.Event | None = None
     """Run the daemon of data directory `home` until cancelled, signalled or `shutdown`."""
     paths = Paths(home)
     cfg = load_config(paths)
+    from node import net as _net  # noqa: F401  (libp2p reconfigures logging at import)
+
     logs.setup(cfg.log_level, paths.logs)
     lock = HomeLock(paths.pid)
     lock.acquire()

@@ -24,6 +24,7 @@ fetches by request.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
@@ -172,7 +173,11 @@ class Driver:
         h = ledger.height
         self.sync = BlockSync(self.chain_id, h, self._block_hash(h),
                               ledger.validators_at(h + 1), SyncConfig())
-        self._inputs_send, self._inputs = trio.open_memory_channel[tuple[str, Any]](INPUT_QUEUE)
+        # Unbounded, because timers and answers to effects must never be lost (a lost
+        # timeout can stall a height); gossip, the only input others control, is
+        # bounded where it enters (`_consensus_gossip`).
+        self._inputs_send, self._inputs = trio.open_memory_channel[tuple[str, Any]](math.inf)
+        self._txs_notice_pending = False
         self._nursery: trio.Nursery | None = None
         self._evidence: dict[bytes, Evidence] = {}
         self._commit_event = trio.Event()
@@ -277,15 +282,15 @@ class Driver:
             task_status.started()
 
     def _put(self, kind: str, payload: Any) -> None:
-        try:
-            self._inputs_send.send_nowait((kind, payload))
-        except trio.WouldBlock:
-            # Only gossip and hints are ever dropped here: timers and answers are
-            # re-created by the engine's own rebroadcast and timeouts, and sync re-asks.
-            log.warning("consensus_queue_full", kind=kind)
+        self._inputs_send.send_nowait((kind, payload))
+
+    def _queue_length(self) -> int:
+        return int(self._inputs_send.statistics().current_buffer_used)
 
     def _notify_txs(self) -> None:
-        self._put("txs", None)
+        if not self._txs_notice_pending:  # one notice covers any number of new txs
+            self._txs_notice_pending = True
+            self._put("txs", None)
 
     # ---- the consensus task -------------------------------------------------------------
 
@@ -302,6 +307,7 @@ class Driver:
             elif kind == "timeout":
                 effects = e.on_timeout(t, payload)
             elif kind == "txs":
+                self._txs_notice_pending = False
                 effects = e.on_txs_available(t, self.mempool_has_ready())
             elif kind == "sync":
                 await self._run_sync_effects(payload)
@@ -503,6 +509,11 @@ class Driver:
                 msg = decode_message(data)
             except MessageError:
                 continue  # the validator let it through, so this cannot happen
+            if self._queue_length() >= INPUT_QUEUE:
+                # The engine is behind: drop gossip (peers rebroadcast, sync catches up)
+                # rather than let a flood grow the queue without bound.
+                self.metrics.gossip_in.labels("consensus", "dropped_busy").inc()
+                continue
             self.metrics.gossip_in.labels("consensus", "delivered").inc()
             if isinstance(msg, Proposal | Vote | Evidence):
                 self._put("msg", msg)

@@ -151,6 +151,12 @@ def setup(level: str = "info", log_dir: Path | None = None, stream: TextIO | Non
     logging.getLogger(ROOT).setLevel(LEVELS[level])
     for noisy in ("libp2p", "multiaddr", "hypercorn.error", "hypercorn.access", "httpx"):
         logging.getLogger(noisy).setLevel(max(LEVELS[level], logging.WARNING))
+    # py-libp2p detaches its loggers at import (propagate off, no handler), which sends
+    # its warnings to Python's last-resort handler as plain text; route them to ours.
+    # Call `setup` after importing libp2p. A failed dial is routine (a peer is down) and
+    # node.net reports it itself, so the transport's error line for it is silenced.
+    logging.getLogger("libp2p").propagate = True
+    logging.getLogger("libp2p.transport.tcp").setLevel(logging.CRITICAL)
 
 
 def teardown() -> None:

@@ -69,6 +69,8 @@ class Daemon:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     log_files: list[Path] = field(default_factory=list)
+    _client: Client | None = field(default=None, repr=False)
+    _client_stamp: int = field(default=-1, repr=False)
 
     @property
     def id(self) -> str:
@@ -96,8 +98,18 @@ class Daemon:
         return Client.from_home(self.home, timeout=30.0)
 
     def call(self, fn: Callable[[Client], T]) -> T:
-        with self.client() as c:
-            return fn(c)
+        """`fn(client)` with a client kept per daemon run (renewed when api.json changes)."""
+        try:
+            stamp = self.paths.api_endpoint.stat().st_mtime_ns
+        except FileNotFoundError:
+            stamp = -1
+        if self._client is None or stamp != self._client_stamp:
+            if self._client is not None:
+                self._client.close()
+            self._client = None
+            self._client = self.client()  # raises DaemonNotRunning without api.json
+            self._client_stamp = stamp
+        return fn(self._client)
 
     def status(self) -> dict[str, Any]:
         return self.call(lambda c: c.status())
@@ -175,6 +187,10 @@ def running(daemons: Sequence[Daemon]) -> Iterator[Sequence[Daemon]]:
         for d in daemons:
             d.wait_ready()
         yield daemons
+    except BaseException:
+        for d in daemons:  # pytest shows this with the failure
+            print(f"==== {d.name} (running: {d.running()}) ====\n{d.tail(60)}")
+        raise
     finally:
         for d in daemons:
             if d.running():

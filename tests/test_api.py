@@ -273,7 +273,7 @@ def test_token_file_private_and_reused(tmp_path: Path) -> None:
     path = tmp_path / "api.token"
     token = api.ensure_token(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert api.read_token(path) == token
+    assert client.read_token(path) == token
     assert api.ensure_token(path) == token  # stable across restarts
     path.chmod(0o644)  # readable by others: may have leaked, so replaced
     fresh = api.ensure_token(path)

@@ -171,8 +171,9 @@ def execute_block(state: State, rules: Rules, genesis: Genesis, height: int, tim
                                       result))
         new_validators = schedule_validators(ex)
         changes = state.changes()
+        state.revert(changes)
     finally:
-        state.rollback(0)
+        state.rollback(0)  # after an exception; a no-op after `revert`
     root, new_hash = state.root_after(changes)
     return Executed(height, time_ms, changes, root, new_hash, outcomes, included, rejected,
                     new_validators, settled)

@@ -191,16 +191,26 @@ class State:
 
     def changes(self) -> list[Change]:
         """The net change of everything written since the last `settle`, in a stable order."""
-        first: dict[tuple[str, Key], Row | None] = {}
-        for table, key, old in self.undo:
-            first.setdefault((table, key), old)
-        out = []
+        # Later entries overwrite earlier ones, so walking the log backwards leaves the
+        # oldest value of each row: its value when the log started.
+        first = {(table, key): old for table, key, old in reversed(self.undo)}
         data = self.data
-        for (table, key), old in first.items():
-            new = data[table].get(key)
-            if old != new:
-                out.append(Change(table, key, old, new))
-        return out
+        make = tuple.__new__  # a Change without the Python-level NamedTuple constructor
+        return [make(Change, (table, key, old, new)) for (table, key), old in first.items()
+                if (new := data[table].get(key)) != old]
+
+    def revert(self, changes: list[Change]) -> None:
+        """Undo a whole log at once given its `changes()` (cheaper than `rollback(0)`).
+
+        Rows written but left equal to their old value keep an equal copy.
+        """
+        data = self.data
+        for table, key, old, _new in changes:
+            if old is None:
+                del data[table][key]
+            else:
+                data[table][key] = old
+        self.undo.clear()
 
     def root_after(self, changes: list[Change]) -> tuple[bytes, MultisetHash]:
         """State root and hash value once `changes` are applied to the settled state."""

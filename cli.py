@@ -1493,12 +1493,14 @@ def audit_export(home: Path | None, out: Path, force: bool, as_json: bool) -> No
 @click.option("--peer", default=None, metavar="MULTIADDR",
               help="Fetch the chain from this node (/ip4/../tcp/../p2p/<id>) over block sync "
                    "instead of reading a file; needs --genesis.")
+@click.option("--save", "save", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --peer: also keep the fetched log in this file.")
 @click.option("--workers", type=click.IntRange(0, 64), default=None,
               help="Processes verifying signatures ahead of execution (default: one per "
                    "core, 0 on one core).")
 @json_option
 def audit_replay(file: Path | None, genesis_path: Path | None, peer: str | None,
-                 workers: int | None, as_json: bool) -> None:
+                 save: Path | None, workers: int | None, as_json: bool) -> None:
     """Check a whole log, trusting nothing in it, and print the commune's history.
 
     Checks the hash chain, every transaction signature, every certificate against the
@@ -1513,6 +1515,8 @@ def audit_replay(file: Path | None, genesis_path: Path | None, peer: str | None,
 
     if (file is None) == (peer is None):
         fail("give either a log FILE or --peer MULTIADDR", Exit.USAGE)
+    if save is not None and peer is None:
+        fail("--save keeps a log fetched with --peer; a FILE is already saved", Exit.USAGE)
     expected = _load_genesis_file(genesis_path) if genesis_path is not None else None
     show = not as_json and stderr_console.is_terminal
     claimed: tuple[int, bytes] | None = None
@@ -1525,7 +1529,13 @@ def audit_replay(file: Path | None, genesis_path: Path | None, peer: str | None,
         if expected is None:
             fail("--peer needs the commune's --genesis: it is the one thing the audit trusts",
                  Exit.USAGE)
-        stream = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+        if save is not None and save.exists():
+            fail(f"{save} exists; choose another --save file", Exit.EXISTS)
+        try:
+            stream = (  # closed below
+                tempfile.TemporaryFile() if save is None else open(save, "w+b"))  # noqa: SIM115
+        except OSError as exc:
+            fail(f"cannot write {save}: {exc}", Exit.FAILED)
         with _audit_progress(show, None, "fetching") as bar:
             claimed = trio.run(audit_fetch, peer, expected, stream,
                                lambda h, top: bar.update(h, f"block {h:,}", total=top))

@@ -11,9 +11,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ledger.export import MAGIC
 from node.config import Paths
 from protocol.crypto import SigningKey, id_text
 from tests.daemons import Daemon, make_commune, running, wait_for
@@ -44,16 +46,21 @@ def state_root_at(d: Daemon, height: int) -> str:
 
 def test_devnet_log_replays_to_every_nodes_root(cluster: list[Daemon], tmp_path: Path) -> None:
     a, b = cluster[0], cluster[1]
-    proposed = a.call(lambda c: c.sign("treasury.deposit", {
-        "account": cluster[2].id, "amount": 5_000, "reference": "audit"}, wait=60))
-    assert proposed["status"] == "committed", proposed
-    approved = b.call(lambda c: c.sign("treasury.approve", {"action": proposed["id"]},
-                                       wait=60))
-    assert approved["status"] == "committed", approved
+
+    def sign(d: Daemon, kind: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Commit a transaction through `d`, then wait until every node has its block (a
+        node checks the next transaction against the state it has committed)."""
+        out = d.call(lambda c: c.sign(kind, args, wait=60))
+        assert out["status"] == "committed", out
+        wait_for("every node at the block", lambda: all(
+            x.height() >= out["height"] for x in cluster))
+        return out
+
+    proposed = sign(a, "treasury.deposit", {"account": cluster[2].id, "amount": 5_000,
+                                            "reference": "audit"})
+    sign(b, "treasury.approve", {"action": proposed["id"]})
     friend = id_text(SigningKey.derive("audit-devnet", "friend").public)
-    sent = cluster[2].call(lambda c: c.sign("account.transfer", {"to": friend, "amount": 1234},
-                                            wait=60))
-    assert sent["status"] == "committed", sent
+    sign(cluster[2], "account.transfer", {"to": friend, "amount": 1234})
 
     # Exported while the daemon runs: a consistent snapshot at some height.
     log = tmp_path / "live.log"
@@ -77,10 +84,12 @@ def test_devnet_log_replays_to_every_nodes_root(cluster: list[Daemon], tmp_path:
     assert report["treasury"]["flows"]["deposits"] == 5_000
 
     # Fetched over block sync from another running node, trusting nothing it says.
+    saved = tmp_path / "fetched.log"
     proc = commune("audit", "replay", "--peer", cluster[1].status()["listen"][0],
-                   "--genesis", str(Paths(a.home).genesis), "--json")
+                   "--genesis", str(Paths(a.home).genesis), "--save", str(saved), "--json")
     assert proc.returncode == 0, proc.stderr
     fetched = json.loads(proc.stdout)
+    assert saved.read_bytes().startswith(MAGIC)
     assert fetched["ok"] and fetched["chain"]["blocks"] >= height
     top = fetched["chain"]["blocks"]
     assert state_root_at(cluster[1], top) == fetched["chain"]["state_root"]

@@ -67,6 +67,7 @@ from typing import Any
 
 import multiaddr
 import trio
+from libp2p import new_swarm
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.ed25519 import Ed25519PublicKey, create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
@@ -346,7 +347,10 @@ class Network:
         self.limits = limits or NetLimits()
         self._key_pair = create_new_key_pair(bytes(seed))
         self._peer_id = ID.from_pubkey(self._key_pair.public_key)
-        self._listen = [multiaddr.Multiaddr(a) for a in listen]
+        try:
+            self._listen = [multiaddr.Multiaddr(a) for a in listen]
+        except Exception as error:
+            raise ValueError(f"bad listen address in {list(listen)}: {error}") from None
         self._topics = list(dict.fromkeys(topics))
         self._validators = dict(validators or {})
         unknown = set(self._validators) - set(self._topics)
@@ -538,9 +542,13 @@ class Network:
     def add_peer(self, addr: str) -> None:
         """Keep a connection to the peer at '/.../p2p/<id>' (reconnecting as needed)."""
         peer_id, transport = split_p2p_addr(addr)
-        if peer_id != self.peer_id:
-            self._book.add_target(peer_id, [transport], persistent=True, now=self._now())
-            self._wake_dialer.set()
+        if peer_id == self.peer_id:
+            return
+        if not self.running:
+            self._bootstrap.append((peer_id, transport))
+            return
+        self._book.add_target(peer_id, [transport], persistent=True, now=self._now())
+        self._wake_dialer.set()
 
     def penalize(self, peer_id: str, reason: str, weight: float = 1.0) -> None:
         """Count misbehaviour; past `limits.ban_threshold` the peer is cut off and refused."""
@@ -641,8 +649,6 @@ class Network:
             self._signal_change()
 
     def _build_host(self) -> BasicHost:
-        from libp2p import new_swarm
-
         limits = self.limits
         swarm = new_swarm(
             key_pair=self._key_pair,

@@ -201,6 +201,7 @@ class Peer:
     async def recover(self, topic: str, source: str, n: int) -> dict[str, Any]:
         """Fetch what gossip did not bring, the way block sync catches up."""
         missing = [s for s in range(n) if s not in self.received[topic]]
+        before = n - len(missing)
         recovered = 0
         for i in range(0, len(missing), 50):
             reply = await self.net.request(
@@ -210,7 +211,7 @@ class Peer:
                 assert data == b"ok:%s:%d:" % (topic.encode(), seq) + data.split(b":", 3)[3]
                 self.received[topic][seq] = data
                 recovered += 1
-        return {"recovered": recovered, **self.received_summary(topic)}
+        return {"before": before, "recovered": recovered, **self.received_summary(topic)}
 
     # -- plumbing --
 

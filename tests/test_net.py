@@ -71,7 +71,7 @@ class Peer:
         line, self._buffer = self._buffer.split(b"\n", 1)
         return dict(json.loads(line))
 
-    async def call(self, cmd: str, *, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
+    async def call(self, cmd: str, *, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
         """Send a command; the peer bounds its own waits by `timeout`, we add a margin."""
         assert self.proc.stdin is not None
         line = json.dumps({"cmd": cmd, "timeout": timeout, **args}).encode() + b"\n"
@@ -107,7 +107,7 @@ class Cluster:
             )
         peer = Peer(name, proc, log_path)
         self.peers.append(peer)
-        with trio.fail_after(30):
+        with trio.fail_after(60):
             ready = await peer._readline()
         assert ready.pop("event") == "ready"
         peer.info = ready
@@ -138,7 +138,7 @@ class Cluster:
                 continue
             assert peer.proc.stdin is not None
             try:
-                with trio.fail_after(15):
+                with trio.fail_after(30):
                     await peer.proc.stdin.send_all(b'{"cmd": "quit"}\n')
                     code = await peer.proc.wait()
             except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -178,20 +178,20 @@ async def test_four_nodes_discover_each_other_and_recover_every_burst_message(
         nodes = [hub, *others]
         ids = {p.peer_id for p in nodes}
         for node in nodes:
-            await node.call("wait_connected", peers=sorted(ids - {node.peer_id}), timeout=20)
+            await node.call("wait_connected", peers=sorted(ids - {node.peer_id}), timeout=45)
         publisher, receivers = others[0], [hub, *others[1:]]
         receiver_ids = sorted(r.peer_id for r in receivers)
-        await publisher.call("wait_topic_peers", topic=TOPIC, peers=receiver_ids, timeout=15)
+        await publisher.call("wait_topic_peers", topic=TOPIC, peers=receiver_ids, timeout=45)
         for receiver in receivers:
             await receiver.call(
-                "wait_topic_peers", topic=TOPIC, peers=[publisher.peer_id], timeout=15
+                "wait_topic_peers", topic=TOPIC, peers=[publisher.peer_id], timeout=45
             )
 
         await publisher.call("burst", topic=TOPIC, count=BURST, size=512)
 
         by_gossip = {}
         for receiver in receivers:
-            got = await receiver.call("wait_received", topic=TOPIC, n=BURST, idle=2.0, timeout=30)
+            got = await receiver.call("wait_received", topic=TOPIC, n=BURST, idle=2.0, timeout=45)
             by_gossip[receiver.name] = got["count"]
         print(f"\n{limits}: of {BURST} burst messages, gossip delivered {by_gossip}")
 
@@ -201,7 +201,8 @@ async def test_four_nodes_discover_each_other_and_recover_every_burst_message(
                 "recover", topic=TOPIC, n=BURST, **{"from": publisher.peer_id}
             )
             assert got["seqs"] == list(range(BURST)), receiver.name
-            assert got["recovered"] == BURST - by_gossip[receiver.name]
+            assert got["before"] >= by_gossip[receiver.name]  # late gossip may still land
+            assert got["recovered"] == BURST - got["before"]
             assert got["other"] == []
 
 
@@ -228,7 +229,7 @@ async def test_request_response_round_trip_limits_and_errors(tmp_path: Path) -> 
         too_big = await request("/t/big/1", str(one_mib).encode(), max_response=64 * 1024)
         assert too_big["failed"] == "too_large"
         # Over the server's own limit (5 MiB): it refuses to send, the stream is reset.
-        over = await request("/t/big/1", str(6 * one_mib).encode(), timeout=20)
+        over = await request("/t/big/1", str(6 * one_mib).encode(), timeout=45)
         assert over["failed"] == "reset"
 
         silent = await request("/t/silent/1", b"anyone?", timeout=1.0)
@@ -236,7 +237,7 @@ async def test_request_response_round_trip_limits_and_errors(tmp_path: Path) -> 
         assert (await request("/t/nope/1", b"x"))["failed"] == "unsupported"
         stranger = peer_id_from_public_key(SigningKey.derive("net-test", "nobody").public)
         unreachable = await client.call(
-            "request", peer=stranger, protocol="/t/echo/1", data="00", timeout=5
+            "request", peer=stranger, protocol="/t/echo/1", data="00", timeout=30
         )
         assert unreachable["failed"] == "unreachable"
 
@@ -273,7 +274,7 @@ async def test_invalid_gossip_stops_at_the_first_hop_and_its_sender_is_banned(
 
         # A valid message from bad crosses middle to far: the path works.
         await bad.call("publish", topic=TOPIC, data=b"ok:burst:0:".hex())
-        got = await far.call("wait_received", topic=TOPIC, n=1, idle=10.0, timeout=10)
+        got = await far.call("wait_received", topic=TOPIC, n=1, idle=30.0, timeout=45)
         assert got["seqs"] == [0]
 
         for i in range(5):
@@ -284,7 +285,7 @@ async def test_invalid_gossip_stops_at_the_first_hop_and_its_sender_is_banned(
 
         # Nothing invalid reached far, and far still hears middle.
         await middle.call("publish", topic=TOPIC, data=b"ok:burst:1:".hex())
-        got = await far.call("wait_received", topic=TOPIC, n=2, idle=10.0, timeout=10)
+        got = await far.call("wait_received", topic=TOPIC, n=2, idle=30.0, timeout=45)
         assert got["seqs"] == [0, 1]
         assert got["other"] == []
         assert (await far.call("info"))["stats"]["rejected_invalid"] == 0
@@ -307,7 +308,7 @@ async def test_killed_node_is_reconnected_by_the_others_and_gossip_resumes(
         survivors = [a, b]
         for node in (a, b, victim):
             others = {a.peer_id, b.peer_id, victim.peer_id} - {node.peer_id}
-            await node.call("wait_connected", peers=sorted(others), timeout=20)
+            await node.call("wait_connected", peers=sorted(others), timeout=45)
 
         c.kill(victim)
         for node in survivors:
@@ -317,19 +318,19 @@ async def test_killed_node_is_reconnected_by_the_others_and_gossip_resumes(
         # (with backoff) can bring it back into the network.
         reborn = await c.start("victim", "--topic", TOPIC, "--validate", port=victim.port)
         assert reborn.peer_id == victim.peer_id
-        await reborn.call("wait_connected", peers=[a.peer_id, b.peer_id], timeout=30)
+        await reborn.call("wait_connected", peers=[a.peer_id, b.peer_id], timeout=45)
         for node in survivors:
-            await node.call("wait_connected", peers=[reborn.peer_id], timeout=30)
-            await node.call("wait_topic_peers", topic=TOPIC, peers=[reborn.peer_id], timeout=15)
+            await node.call("wait_connected", peers=[reborn.peer_id], timeout=45)
+            await node.call("wait_topic_peers", topic=TOPIC, peers=[reborn.peer_id], timeout=45)
         await reborn.call("wait_topic_peers", topic=TOPIC, peers=[a.peer_id, b.peer_id])
 
         await a.call("publish", topic=TOPIC, data=b"ok:burst:0:after restart".hex())
         await reborn.call("publish", topic=TOPIC, data=b"ok:burst:1:from the reborn".hex())
-        got = await reborn.call("wait_received", topic=TOPIC, n=1, idle=10.0, timeout=10)
+        got = await reborn.call("wait_received", topic=TOPIC, n=1, idle=30.0, timeout=45)
         assert got["seqs"] == [0]
         for node in survivors:
             want = [1] if node is a else [0, 1]
-            got = await node.call("wait_received", topic=TOPIC, n=len(want), idle=10.0, timeout=10)
+            got = await node.call("wait_received", topic=TOPIC, n=len(want), idle=30.0, timeout=45)
             assert got["seqs"] == want
 
 
@@ -339,11 +340,11 @@ async def test_sigterm_shuts_down_cleanly(tmp_path: Path) -> None:
         b = await c.start("b", "--topic", TOPIC, "--bootstrap", a.addr)
         await b.call("wait_connected", peers=[a.peer_id])
         b.proc.send_signal(signal.SIGTERM)
-        with trio.fail_after(15):
+        with trio.fail_after(30):
             assert await b.proc.wait() == 0
         assert "Traceback" not in b.log_path.read_text()
         c.peers.remove(b)
-        await a.call("wait_peers", n=0)
+        await a.call("wait_disconnected", peer=b.peer_id)
 
 
 # -- in-process units: identities, addresses, limits, the peer book --
@@ -380,6 +381,15 @@ def test_addresses_and_configuration_are_checked() -> None:
         Network(key.seed(), [], topics=["a"], validators={"b": lambda p, d: True})
     with pytest.raises(ValueError):
         Network(b"short", [])
+    with pytest.raises(ValueError):
+        Network(key.seed(), ["not a multiaddr"])
+    net = Network(key.seed(), ["/ip4/127.0.0.1/tcp/0"])
+    other = peer_id_from_public_key(SigningKey.derive("net-test", "other").public)
+    net.add_peer(f"/ip4/127.0.0.1/tcp/4001/p2p/{other}")
+    net.add_peer(f"/ip4/127.0.0.1/tcp/4002/p2p/{net.peer_id}")  # itself: ignored
+    assert len(net._bootstrap) == 1
+    with pytest.raises(ValueError):
+        net.add_peer("/ip4/127.0.0.1/tcp/4001")
 
 
 async def test_publish_and_request_refuse_before_running_and_bad_input() -> None:

@@ -61,6 +61,10 @@ class Executed:
     """The root this was executed on top of (a cached result is valid only on it)."""
 
 
+_make = tuple.__new__
+"""Builds NamedTuples (`Call`) without their Python-level constructor: a hot path."""
+
+
 def nonce_reason(signer: bytes, nonce: int, last: int) -> str:
     if nonce <= last:
         return (f"nonce {nonce} was already used by {id_text(signer)}: the next nonce is "
@@ -90,7 +94,8 @@ def run_tx(ex: Exec, tx: Transaction, index: int) -> Result:
         # A well-formed row by construction: written without the per-write check.
         state.undo.append(("accounts", signer, acct))
         state.data["accounts"][signer] = row
-        return handler(ex, Call(tx.id, signer, kind, nonce, dict(body["args"]), index))
+        call = _make(Call, (tx.id, signer, kind, nonce, dict(body["args"]), index))
+        return handler(ex, call)
     except TxRejected:
         state.rollback(mark)
         raise

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from ledger.state import State, Table
 
@@ -42,17 +42,16 @@ class TxRejected(Exception):
         self.reason = reason
 
 
-@dataclass(slots=True)
-class Call:
-    """One transaction as a handler sees it."""
+class Call(NamedTuple):
+    """One transaction as a handler sees it (immutable; `args` is the handler's own copy)."""
 
     id: bytes
     signer: bytes
     kind: str
     nonce: int
     args: dict[str, Any]
-    index: int
-    """Position in its block."""
+    position: int
+    """Its index in its block."""
 
 
 class Exec:

@@ -1501,7 +1501,8 @@ def audit_export(home: Path | None, out: Path, force: bool, as_json: bool) -> No
 @json_option
 def audit_replay(file: Path | None, genesis_path: Path | None, peer: str | None,
                  save: Path | None, workers: int | None, as_json: bool) -> None:
-    """Check a whole log, trusting nothing in it, and print the commune's history.
+    """Check a whole log (FILE, or - for standard input), trusting nothing in it, and
+    print the commune's history.
 
     Checks the hash chain, every transaction signature, every certificate against the
     validator set of its height (followed from the log itself), re-executes every block
@@ -1509,6 +1510,7 @@ def audit_replay(file: Path | None, genesis_path: Path | None, peer: str | None,
     conserved and nothing is negative after every block. On the first failure: the
     block, the transaction, what failed; exit code 1.
     """
+    import stat
     from typing import BinaryIO
 
     from ledger.audit import audit_log
@@ -1543,12 +1545,14 @@ def audit_replay(file: Path | None, genesis_path: Path | None, peer: str | None,
     else:
         assert file is not None
         try:
-            stream = open(file, "rb")  # noqa: SIM115 - closed below, streamed by the replay
+            stream = (sys.stdin.buffer if str(file) == "-"
+                      else open(file, "rb"))  # noqa: SIM115 - closed below
         except FileNotFoundError:
             fail(f"no such file {file}", Exit.NOT_FOUND)
         except OSError as exc:
             fail(f"cannot read {file}: {exc}", Exit.FAILED)
-    total = os.fstat(stream.fileno()).st_size
+    st = os.fstat(stream.fileno())
+    total = st.st_size if stat.S_ISREG(st.st_mode) else None
     txs = 0
     with stream, _audit_progress(show, total, "replaying") as bar:
         def on_block(p: Any) -> None:

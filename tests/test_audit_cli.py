@@ -24,11 +24,14 @@ SCRIPT = Path(sys.executable).parent / "commune"
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "cli"]
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("COMMUNE_HOME", "COMMUNE_DEBUG")}
     env["COMMUNE_HOME"] = "/nonexistent/commune-tests-must-pass-home"
-    return subprocess.run([*COMMAND, *args], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([*COMMAND, *args], cwd=ROOT, env=env, input=stdin or b"",
+                          capture_output=True, timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode,
+                                       proc.stdout.decode(errors="replace"),
+                                       proc.stderr.decode(errors="replace"))
 
 
 def error_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -62,7 +65,7 @@ def test_export_replay_prove_verify(home: tuple[Chain, Path], tmp_path: Path) ->
     rep = json.loads(proc.stdout)
     assert rep["ok"] and rep["chain"]["state_root"] == chain.final_root.hex()
 
-    human = run("audit", "replay", str(log))
+    human = run("audit", "replay", "-", stdin=log.read_bytes())
     assert human.returncode == 0, human.stderr
     assert "Members over time" in human.stdout and "OK" in human.stdout
 

@@ -1394,7 +1394,8 @@ def _show_audit_assets(console: Console, assets: list[dict[str, Any]]) -> None:
 
 
 def _audit_failure_text(f: dict[str, Any]) -> str:
-    where = "at the genesis" if f["height"] is None else f"at block {f['height']}"
+    where = (f"at block {f['height']}" if f["height"] is not None
+             else "at the genesis" if f["check"] == "genesis" else "in the log file")
     if f["tx_index"] is not None:
         where += f", transaction {f['tx_index']}"
         if f["tx_id"]:

@@ -79,7 +79,7 @@ class Failure:
     """One of `CHECKS`."""
     reason: str
     height: int | None = None
-    """The block at fault (None for the genesis or the file header)."""
+    """The block at fault (None for the genesis, the file header or the end record)."""
     tx_index: int | None = None
     tx_id: bytes | None = None
     offset: int | None = None
@@ -89,7 +89,7 @@ class Failure:
         assert self.check in CHECKS, self.check
 
     def describe(self) -> str:
-        where = "genesis" if self.height is None else f"block {self.height}"
+        where = self.check if self.height is None else f"block {self.height}"
         if self.tx_index is not None:
             where += f", transaction {self.tx_index}"
             if self.tx_id is not None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bootstrap.genesis import describe, new_genesis, parse_time, read_genesis, write_genesis
 from cli import main
@@ -192,3 +195,35 @@ def test_cli_genesis_new_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[
     Path(tmp_path / "bad.json").write_text('{"name": "x"}')
     code, text = commune(capsys, "genesis", "show", str(tmp_path / "bad.json"))
     assert code == 1 and "is not a valid genesis" in text
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers(-2, 2**54) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["name", "founders", "treasury", "params", "id", "signers",
+                         "threshold", "version", "time_ms", "currency", "minor_units",
+                         "chain_id", "labour", "x"]), inner, max_size=6),
+    max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.binary(max_size=200), JSONISH.map(lambda o: json.dumps(o).encode())))
+def test_any_input_is_a_genesis_or_a_genesis_error(data: bytes) -> None:
+    with contextlib.suppress(GenesisError):
+        Genesis.load_bytes(data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_mutated_valid_genesis_never_crashes(data: st.DataObject) -> None:
+    obj = json.loads(make_genesis(2)[0].to_json())
+    obj.pop("chain_id")
+    path = data.draw(st.sampled_from([["name"], ["params", "min_rent"], ["founders", 0, "id"],
+                                      ["treasury", "signers", 0], ["treasury", "threshold"],
+                                      ["founders", 1], ["time_ms"], ["minor_units"]]))
+    target: Any = obj
+    for p in path[:-1]:
+        target = target[p]
+    target[path[-1]] = data.draw(JSONISH)
+    with contextlib.suppress(GenesisError):
+        Genesis.from_json(json.dumps(obj))

@@ -327,6 +327,13 @@ class Network:
     cancelled, after closing every connection. Subscribe to topics (before or
     after starting) with `subscribe`; publish with `publish`; call peers with
     `request`. Messages this node publishes are not delivered back to it.
+
+    A topic validator is called with (origin peer id, data) before a message is
+    delivered or forwarded; when it returns False (or raises), the message goes
+    no further and the peer that forwarded it is penalized
+    (`limits.invalid_message_penalty`; banned at `limits.ban_threshold`).
+    Request handlers get (requesting peer id, request) and return the reply;
+    an exception resets the stream, which the caller sees as "reset".
     """
 
     def __init__(

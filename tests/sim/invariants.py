@@ -20,8 +20,11 @@ class SimFailure(AssertionError):
 
 
 class Checker:
-    def __init__(self, chain_id: bytes, honest_keys: set[bytes]) -> None:
+    def __init__(self, chain_id: bytes, honest_keys: set[bytes], future_slack_ms: int) -> None:
         self.chain_id = chain_id
+        self.future_slack_ms = future_slack_ms
+        """How far ahead of an honest clock a committed block's time may be: the drift
+        bound plus the largest difference between two honest clocks."""
         self.honest_keys = honest_keys
         """Keys held by exactly one honest node: they must never equivocate."""
         self.committed: dict[int, bytes] = {}
@@ -44,6 +47,9 @@ class Checker:
                       f"another honest node committed {first.hex()[:12]}")
         if block.header.prev_hash != prev_hash:
             self.fail(f"hash chain broken at {node.name} height {h}")
+        if block.header.time_ms > node.now() + self.future_slack_ms:
+            self.fail(f"block {h} committed at {node.name} has a time "
+                      f"{block.header.time_ms - node.now()}ms ahead of its clock")
         try:
             cert.verify(self.chain_id, validators, bh)
         except CertificateError as exc:

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from protocol import wal
-from protocol.block import Block, BlockError, Header
+from protocol.block import Block, Header
 from protocol.consensus import ConsensusEngine
 from protocol.consensus_types import (
     Behind,
@@ -265,7 +265,10 @@ class SimNode:
         txs = list(self.mempool.values())[:BLOCK_TXS_MAX]
         last = app.certificate(app.height) if app.height else None
         ev = tuple(self.evidence_pool.values())[:10]
-        block, skipped = app.build_block(txs, time_ms, self.key.public, last, ev)
+        try:
+            block, skipped = app.build_block(txs, time_ms, self.key.public, last, ev)
+        except self.world.workload.rejected:
+            return None  # e.g. our clock is behind the last block: let the round time out
         for raw in skipped:
             self.mempool.pop(sha256(raw), None)
         return block
@@ -356,6 +359,27 @@ class ByzantineNode(SimNode):
                  behaviours: tuple[str, ...]) -> None:
         super().__init__(world, index, key)
         self.behaviours = set(behaviours)
+        self._endorsed: set[tuple[int, int, bytes]] = set()
+
+    def on_receive(self, src: int, channel: str, raw: bytes) -> None:
+        super().on_receive(src, channel, raw)
+        if "amnesia" in self.behaviours and channel == "consensus" and self.up:
+            msg = self.world.decode_consensus(raw)
+            # Including the height it has itself committed: that is when a second
+            # quorum, for another block, would break agreement.
+            if isinstance(msg, Proposal) and msg.height >= self.app.height:
+                self._endorse(msg.height, msg.round, msg.block_hash)
+
+    def _endorse(self, height: int, round: int, block_hash: bytes) -> None:
+        """Prevote and precommit every proposal seen, to everyone: the vote that most
+        helps two honest groups reach quorums for different blocks."""
+        if (height, round, block_hash) in self._endorsed or len(self._endorsed) > 10_000:
+            return
+        self._endorsed.add((height, round, block_hash))
+        cid = self.world.chain_id
+        for t in ("prevote", "precommit"):
+            v = Vote.create(self.key, cid, t, height, round, block_hash)
+            self.world.broadcast(self.index, "consensus", encode_message(v))
 
     def boot(self) -> None:
         super().boot()
@@ -383,6 +407,14 @@ class ByzantineNode(SimNode):
             for p in b:
                 self.world.send(self.index, p, "consensus", encode_message(twin))
             return
+        if isinstance(msg, Proposal) and "amnesia" in self.behaviours:
+            # Forget the lock: always a fresh block, never the valid value.
+            alt = self._alternative_block(msg.block)
+            if alt is not None:
+                p2 = Proposal.create(self.key, cid, msg.height, msg.round, -1, alt)
+                self.world.broadcast(self.index, "consensus", encode_message(p2))
+                self._endorse(msg.height, msg.round, p2.block_hash)
+                return
         if (isinstance(msg, Proposal) and "equivocate_proposal" in self.behaviours
                 and rng.random() < 0.8):
             alt = self._alternative_block(msg.block)
@@ -403,8 +435,11 @@ class ByzantineNode(SimNode):
         txs = list(self.mempool.values())[:BLOCK_TXS_MAX]
         self.world.rng.shuffle(txs)
         last = self.app.certificate(self.app.height) if self.app.height else None
-        alt, _ = self.app.build_block(txs[: len(txs) // 2], block.header.time_ms + 1,
-                                      self.key.public, last, ())
+        try:
+            alt, _ = self.app.build_block(txs[: len(txs) // 2], block.header.time_ms + 1,
+                                          self.key.public, last, ())
+        except self.world.workload.rejected:
+            return None
         return alt
 
     def _build_proposal(self, e: RequestProposal) -> list[Any]:
@@ -568,7 +603,7 @@ def _lie(node: SimNode, req: SyncRequest) -> SyncResponse:
     try:
         base = app.build_block([], app.last_time_ms + 1, node.key.public,
                                app.certificate(app.height) if app.height else None, ())[0]
-    except (AssertionError, BlockError):
+    except Exception:  # the liar may not be allowed to build: then it lies with nothing
         return SyncResponse(req.request_id, ())
     fake = Block(_with(base.header, height=h, state_root=rng.randbytes(32)), base.txs,
                  base.last_commit, base.evidence)

@@ -10,7 +10,8 @@ SIZES = (1, 2, 3, 4, 7, 10)
 SIZE_WEIGHTS = (2, 2, 2, 4, 3, 1)
 
 BEHAVIOURS = ("equivocate_proposal", "double_vote", "invalid_block", "bad_signature",
-              "garbage", "sync_liar", "silent")
+              "garbage", "sync_liar", "silent", "amnesia", "amnesia")
+"""`amnesia` twice: the forking adversary is the one that tests locking."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class Scenario:
     """Links cut one by one (and groups split) during the safety phase."""
     crashes: int
     crash_modes: tuple[str, ...]
+    adversarial_timing: bool
+    """Shifting per-link, per-message-kind delays (see `World._reslow`)."""
     skew_ms: tuple[int, ...] = field(default=())
     safety_ms: int = 12_000
     liveness_ms: int = 60_000
@@ -59,7 +62,8 @@ class Scenario:
                 f"twin={self.twin} outsider={'+'.join(self.outsider) or '-'} "
                 f"loss={self.loss:.2f} dup={self.dup:.2f} replay={self.replay:.2f} "
                 f"delay={self.delay_ms} partitions={self.partitions} "
-                f"crashes={self.crashes}({','.join(self.crash_modes)})")
+                f"crashes={self.crashes}({','.join(self.crash_modes)}) "
+                f"adversarial_timing={self.adversarial_timing}")
 
 
 def draw(seed: int, size: int | None = None, mode: str = "toy",
@@ -81,7 +85,7 @@ def draw(seed: int, size: int | None = None, mode: str = "toy",
         n_faulty -= 1
     for _ in range(n_faulty):
         k = rng.randint(1, 3)
-        byzantine.append((order.pop(), tuple(sorted(rng.sample(BEHAVIOURS, k)))))
+        byzantine.append((order.pop(), tuple(sorted(set(rng.sample(BEHAVIOURS, k))))))
     byzantine.sort()
     outsider: tuple[str, ...] = ()
     if rng.random() < 0.3:
@@ -95,9 +99,11 @@ def draw(seed: int, size: int | None = None, mode: str = "toy",
     crashes = rng.choice((0, 0, 1, 2, 4))
     modes = tuple(rng.choice(("clean", "mid_append", "torn_tail", "garbage_tail"))
                   for _ in range(crashes))
+    adversarial_timing = rng.random() < 0.5
     n_nodes = size + joiner + (twin is not None) + bool(outsider)
     skew = tuple(rng.randint(-drift_ms // 4, drift_ms // 4) for _ in range(n_nodes))
     return Scenario(seed=seed, mode=mode, size=size, joiner=joiner, remove=remove,
                     byzantine=tuple(byzantine), twin=twin, outsider=outsider, loss=loss,
                     dup=dup, replay=replay, delay_ms=(1, dmax), partitions=partitions,
-                    crashes=crashes, crash_modes=modes, skew_ms=skew)
+                    crashes=crashes, crash_modes=modes, adversarial_timing=adversarial_timing,
+                    skew_ms=skew)

@@ -12,7 +12,6 @@ import heapq
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.block import Block
@@ -20,12 +19,11 @@ from protocol.consensus_types import EngineConfig
 from protocol.crypto import SigningKey, sha256
 from protocol.proposal import ConsensusMessage, MessageError, Proposal, decode_message
 from protocol.votes import Evidence, Vote
-from tests.sim.app import BAD_TX, BlockRejected, SimGenesis, SimLedger, data_tx, member_tx, parse_tx
 from tests.sim.invariants import Checker, SimFailure
 from tests.sim.node import ByzantineNode, OutsiderNode, SimNode
 from tests.sim.scenario import Scenario
+from tests.sim.workloads import GENESIS_TIME_MS, make_workload
 
-GENESIS_TIME_MS = 1_700_000_000_000
 DRIFT_MS = 1000
 
 
@@ -36,58 +34,6 @@ def sim_engine_config(chain_id: bytes) -> EngineConfig:
                         timeout_precommit_ms=200, timeout_precommit_delta_ms=100,
                         rebroadcast_interval_ms=500, empty_block_interval_ms=800,
                         max_clock_drift_ms=DRIFT_MS)
-
-
-class ToyWorkload:
-    """Opaque transactions over `SimLedger`: data items and validator add/remove."""
-
-    rejected: type[Exception] = BlockRejected
-
-    def __init__(self, genesis: SimGenesis) -> None:
-        self.genesis = genesis
-        self._next = 0
-
-    def new_ledger(self) -> SimLedger:
-        return SimLedger.open(None, self.genesis)
-
-    def accept_tx(self, app: SimLedger, raw: bytes) -> bool:
-        if len(raw) > 4096:
-            return False
-        try:
-            parse_tx(raw)
-        except BlockRejected:
-            return False
-        return sha256(raw) not in app.tx_ids
-
-    def bad_tx(self) -> bytes:
-        return BAD_TX
-
-    def client_tx(self) -> bytes:
-        self._next += 1
-        return data_tx(self._next)
-
-    def member_tx(self, op: str, who: bytes) -> bytes:
-        self._next += 1
-        return member_tx(op, who, self._next)
-
-    def replay(self, app: SimLedger) -> None:
-        """Re-apply every committed block to a fresh ledger: same root at every height."""
-        fresh = self.new_ledger()
-        for h in range(1, app.height + 1):
-            fresh.commit(app.block(h), app.certificate(h))
-            if fresh.state_root != app.roots[h - 1]:
-                raise SimFailure(f"replay: state root differs at height {h}")
-
-
-@dataclass
-class Stats:
-    counts: Counter[str] = field(default_factory=Counter)
-
-    def __getitem__(self, k: str) -> int:
-        return self.counts[k]
-
-    def __setitem__(self, k: str, v: int) -> None:
-        self.counts[k] = v
 
 
 class World:
@@ -103,16 +49,15 @@ class World:
         self.cut: set[tuple[int, int]] = set()
         self.loss, self.dup, self.replay_p = sc.loss, sc.dup, sc.replay
         self.delay = sc.delay_ms
+        self.slow: dict[tuple[int, int, str], int] = {}
+        """Adversarial timing: extra delay per (sender, receiver, message kind)."""
         self._recent: list[tuple[int, int, str, bytes]] = []
         self._decoded: dict[bytes, ConsensusMessage | None] = {}
 
         keys = [SigningKey.derive("sim", str(sc.seed), "validator", str(i))
                 for i in range(sc.size)]
-        members = tuple(k.public for k in keys)
-        chain_id = sha256(b"sim-genesis" + str(sc.seed).encode() + b"".join(sorted(members)))
-        self.chain_id = chain_id
-        self.genesis = SimGenesis(chain_id, members, GENESIS_TIME_MS)
-        self.workload = ToyWorkload(self.genesis)
+        self.workload = make_workload(sc.mode, sc.seed, keys)
+        chain_id = self.chain_id = self.workload.chain_id
         self.engine_config = sim_engine_config(chain_id)
 
         byz = dict(sc.byzantine)
@@ -137,10 +82,9 @@ class World:
             self.nodes.append(OutsiderNode(self, len(self.nodes), ok, sc.outsider))
         assert len(self.nodes) == len(sc.skew_ms)
         honest_keys = {n.key.public for n in self.nodes if n.honest}
-        self.checker = Checker(chain_id, honest_keys)
-        self.pending_member_txs: dict[bytes, bytes] = {}
-        self.member_events: list[tuple[str, bytes, bytes]] = []
-        """(op, member, tx hash) submitted."""
+        skews = [sc.skew_ms[n.index] for n in self.nodes if n.honest] or [0]
+        self.checker = Checker(chain_id, honest_keys,
+                               DRIFT_MS + max(skews) - min(skews))
 
     # ---- scheduler ----
 
@@ -181,7 +125,15 @@ class World:
             return
         node = self.nodes[dst]
         lo, hi = self.delay
-        self.at(rng.randint(lo, hi), dst, node.on_receive, src, channel, raw)
+        delay = rng.randint(lo, hi)
+        if self.slow and channel == "consensus":
+            msg = self.decode_consensus(raw)
+            kind = type(msg).__name__ if not isinstance(msg, Vote) else msg.type
+            extra = self.slow.get((src, dst, kind), 0)
+            if extra < 0:
+                return
+            delay += extra
+        self.at(delay, dst, node.on_receive, src, channel, raw)
         if self.dup and rng.random() < self.dup:
             self.at(rng.randint(lo, hi * 3), dst, node.on_receive, src, channel, raw)
         if self.replay_p:
@@ -229,10 +181,20 @@ class World:
             self.checker.on_drop(node, self.nodes[peer], reason)
 
     def on_commit(self, node: SimNode, block: Block) -> None:
-        if not node.honest:
-            return
-        for raw in block.txs:
-            self.pending_member_txs.pop(sha256(raw), None)
+        if node.honest:
+            self.workload.on_commit(node, block)
+
+    def submit_somewhere(self, raw: bytes) -> None:
+        """A client hands a transaction to some live node (honest: a client retrying
+        through a Byzantine node could wait forever, which tests nothing)."""
+        ups = [n for n in self.nodes if n.up and n.honest]
+        if ups:
+            node = self.rng.choice(ups)
+            node.guarded(node.submit, raw)
+
+    def reference_app(self) -> Any:
+        """The ledger of the most advanced honest node: what a client would query."""
+        return max(self.honest_nodes(), key=lambda n: n.app.height).app
 
     def node_crashed(self, node: SimNode) -> None:
         self.stats["crashes"] += 1
@@ -253,7 +215,7 @@ class World:
         for n in self.nodes:
             self.at(self.rng.randint(0, 50), -1, self._restart, n)
         self._plan_faults()
-        self._plan_clients()
+        self.workload.start(self)
         self.run_until(sc.safety_ms)
         self._heal()
         honest = self.honest_nodes()
@@ -262,14 +224,14 @@ class World:
 
         def done() -> bool:
             return all(n.up and n.app.height >= target for n in honest) and \
-                not self.pending_member_txs
+                not self.workload.busy()
         self.run_until(sc.safety_ms + sc.liveness_ms, done)
         slow = [f"{n.name}@{n.app.height}" for n in honest if n.app.height < target]
         if slow:
             raise SimFailure(f"liveness: after healing, honest nodes {', '.join(slow)} "
                              f"did not reach height {target} within {sc.liveness_ms}ms")
-        if self.pending_member_txs:
-            raise SimFailure("liveness: a membership transaction was never committed")
+        if self.workload.busy():
+            raise SimFailure("liveness: client transactions still waiting after healing")
         self._final_checks()
 
     def _plan_faults(self) -> None:
@@ -303,11 +265,37 @@ class World:
                          if (a in group) != (b in group)]
                 self.at(start, -1, self.cut.update, links)
                 self.at(start + rng.randint(500, 4000), -1, self.cut.difference_update, links)
+        if sc.adversarial_timing:
+            self.at(rng.randint(0, 500), -1, self._reslow)
         crashable = [i for i, nd in enumerate(self.nodes) if not isinstance(nd, OutsiderNode)]
         for mode in sc.crash_modes:
             t = rng.randint(100, horizon)
             victim = rng.choice(crashable)
             self.at(t, -1, self._crash, victim, mode)
+
+    def _reslow(self) -> None:
+        """Pick new slow or lossy links per message kind: some nodes then see quorums that
+        others miss, which is what makes locking matter. Shifts every second or two until
+        the network heals."""
+        if self.healed:
+            self.slow = {}
+            return
+        rng, n = self.rng, len(self.nodes)
+        self.slow = {}
+        for kind in ("Proposal", "prevote", "precommit"):
+            for a in range(n):
+                for b in range(n):
+                    if a != b and rng.random() < 0.3:
+                        self.slow[(a, b, kind)] = -1 if rng.random() < 0.5 \
+                            else rng.randint(50, 400)
+        if rng.random() < 0.5:
+            # One node's votes of one kind reach nobody: it may decide on what it
+            # receives while the others never learn its vote and go on to later rounds.
+            mute, kind = rng.randrange(n), rng.choice(("precommit", "prevote"))
+            for b in range(n):
+                if b != mute:
+                    self.slow[(mute, b, kind)] = -1
+        self.at(rng.randint(500, 2500), -1, self._reslow)
 
     def _crash(self, i: int, mode: str) -> None:
         node = self.nodes[i]
@@ -319,51 +307,10 @@ class World:
         node.crash(mode)
         self.node_crashed(node)
 
-    def _plan_clients(self) -> None:
-        sc = self.sc
-        self.at(self.rng.randint(50, 400), -1, self._client_tick)
-        if self.joiner is not None:
-            self.at(self.rng.randint(300, sc.safety_ms // 2), -1, self._member_op, "add",
-                    self.joiner.key.public)
-        self.at(1000, -1, self._resubmit_member_txs)
-
-    def _client_tick(self) -> None:
-        ups = [n for n in self.nodes if n.up]
-        if ups and self.stats["client_txs"] < 400:
-            node = self.rng.choice(ups)
-            node.guarded(node.submit, self.workload.client_tx())
-            self.stats["client_txs"] += 1
-        self.at(self.rng.randint(1, 2 * self.sc.tx_interval_ms), -1, self._client_tick)
-
-    def _member_op(self, op: str, who: bytes) -> None:
-        raw = self.workload.member_tx(op, who)
-        self.pending_member_txs[sha256(raw)] = raw
-        self.member_events.append((op, who, sha256(raw)))
-        self._submit_member(raw)
-
-    def _submit_member(self, raw: bytes) -> None:
-        ups = [n for n in self.nodes if n.up and n.honest]
-        if ups:
-            node = self.rng.choice(ups)
-            node.guarded(node.submit, raw)
-
-    def _resubmit_member_txs(self) -> None:
-        """A client retries its membership change until it is committed; once the joiner
-        is in, the remove (if planned) goes out."""
-        for raw in list(self.pending_member_txs.values()):
-            self._submit_member(raw)
-        sc = self.sc
-        if (sc.remove and self.joiner is not None and len(self.member_events) == 1
-                and not self.pending_member_txs):
-            honest_founders = [n for n in self.nodes[: sc.size] if n.honest]
-            if honest_founders:
-                victim = self.rng.choice(honest_founders)
-                self._member_op("remove", victim.key.public)
-        self.at(1000, -1, self._resubmit_member_txs)
-
     def _heal(self) -> None:
         self.healed = True
         self.cut.clear()
+        self.slow = {}
         self.loss = 0.0
         self.replay_p = 0.0
         self.dup = min(self.dup, 0.1)
@@ -390,7 +337,7 @@ class World:
             for h in range(1, low + 3):
                 if n.app.validators_at(h) != ref.validators_at(h):
                     raise SimFailure(f"validator sets differ at height {h}")
-        for op, who, tx_hash in self.member_events:
+        for op, who, tx_hash in self.workload.member_events:
             h = self.checker.acked.get(tx_hash)
             if h is None:
                 raise SimFailure(f"membership {op} never committed")

@@ -112,6 +112,8 @@ def build_chain(path: str | None = None, name: str = "Test commune") -> Chain:
     marks["evidence"] = h.ledger.height
     h.block([h.tx(f[3], "member.resign")])
     marks["resigned"] = h.ledger.height
+    h.block([])
+    h.block([])  # the validator set without the resigned founder votes from here on
     h.block([h.tx(f[0], "account.transfer", {"to": newcomer.public, "amount": 2}),
              h.tx(newcomer, "account.transfer", {"to": f[1].public, "amount": 3})],
             dt_ms=5_000)

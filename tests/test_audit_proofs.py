@@ -51,9 +51,13 @@ def test_later_transaction_follows_the_validator_hand_overs(store: tuple[Chain, 
     tid = txid_at(chain, last, 1)
     proof = prove(db, tid)
     assert [link["from_height"] for link in proof["validator_chain"]] == \
-        [chain.marks["node"] + 2]
+        [chain.marks["node"] + 2, chain.marks["resigned"] + 2]
     v = verify_proof(proof, chain.genesis)
-    assert v.height == last and v.handovers == 1 and len(v.validators) == 5
+    assert v.height == last and v.handovers == 2 and len(v.validators) == 4
+    assert sha256(Block.decode(chain.blocks[last - 1][0]).txs[1]) == v.txid
+    middle = prove(db, txid_at(chain, chain.marks["resigned"], 0))
+    assert len(middle["validator_chain"]) == 1
+    assert verify_proof(middle, chain.genesis).handovers == 1
     assert v.kind == "account.transfer" and v.args["amount"] == 3
 
 

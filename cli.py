@@ -1777,8 +1777,9 @@ def devnet(nodes: int | None, scenario_file: Path | None, keep_running: bool,
     console = stderr_console if as_json else stdout_console
     stopping = threading.Event()
     opts = dn.Options(scenario_file, nodes, directory, keep_running)
+    view = LiveView(console, scenario)
     try:
-        with dn.signals_interrupt(), LiveView(console, scenario) as view:
+        with dn.signals_interrupt(), view:
             try:
                 result = dn.run(opts, view, stopping)
             except KeyboardInterrupt:
@@ -1789,7 +1790,8 @@ def devnet(nodes: int | None, scenario_file: Path | None, keep_running: bool,
     except dn.DevnetError as exc:
         fail(f"the devnet stopped: {exc}", Exit.FAILED)
     except KeyboardInterrupt:
-        stderr_console.print("interrupted: every daemon was stopped", markup=False)
+        where = f"; their data is in {view.devnet.directory}" if view.devnet else ""
+        stderr_console.print(f"interrupted: every daemon was stopped{where}", markup=False)
         sys.exit(int(Exit.INTERRUPTED))
     if as_json:
         emit(result.summary, True)

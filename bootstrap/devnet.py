@@ -80,7 +80,7 @@ PASSPHRASE_FILE = "passphrase"
 DAEMON_LOG = "daemon.log"
 MANIFEST = "devnet.json"
 """What the devnet made, in DIR: nodes, homes, pids; for people and scripts."""
-STARTUP_SECONDS_BASE = 6.0
+STARTUP_SECONDS_BASE = 4.0
 STARTUP_SECONDS_PER_NODE = 1.5
 """The genesis time is this far ahead: daemons import libp2p and bind in a few seconds."""
 READY_DEADLINE_SECONDS = 120.0
@@ -501,9 +501,11 @@ def run(opts: Options, view: View, stopping: threading.Event) -> Result:
     lead = STARTUP_SECONDS_BASE + STARTUP_SECONDS_PER_NODE * len(plans)
     genesis_ms = -(-(now_ms() + int(lead * 1000)) // 1000) * 1000  # a whole second
     devnet = Devnet.create(scenario, directory, plans, genesis_ms)
+    period_s = scenario.commune.params.period_seconds
+    expect = (genesis_ms - now_ms()) / 1000 + scenario.periods * period_s + 5
+    eta = f"{expect / 60:.0f} min" if expect >= 90 else f"{expect:.0f} s"
     view.note(f"{scenario.commune.name}: {len(plans)} daemons in {directory}, playing "
-              f"{label} ({scenario.periods} periods of "
-              f"{scenario.commune.params.period_seconds} s)", "bold")
+              f"{label}: {scenario.periods} periods of {period_s} s, about {eta}", "bold")
     devnet.start(tie_to_parent=not opts.keep_running)
     view.attach(devnet, None)
     try:

@@ -75,6 +75,8 @@ BLOCK_DEADLINE_SECONDS = 45.0
 DAEMON_ACTION_DEADLINE_SECONDS = 20.0
 """Longest wait for a daemon's own reveal or claim once it is due."""
 POLL_SECONDS = 0.1
+NODE_REGISTRATION_GRACE_SECONDS = 10.0
+"""How long an admitted member's daemon has to register its node before the devnet asks."""
 CATCH_UP_POLL_SECONDS = 0.02
 """Daemons are a block or so apart at most: catching up takes milliseconds."""
 MAX_STATE_BYTES = 64 * 1024 * 1024
@@ -285,7 +287,8 @@ class DaemonBackend:
         """Highest height at which one of our transactions committed."""
         self._heights: dict[str, int] = {}
         """Heights each daemon is known to have reached."""
-        self._registered: set[bytes] = set()
+        self._unregistered: dict[bytes, float] = {}
+        """Members with a daemon but no registered node yet, since when."""
 
     # ---- Backend protocol ----------------------------------------------------------------
 
@@ -315,6 +318,7 @@ class DaemonBackend:
             if last and int(last["time_ms"]) >= time_ms:
                 self.reader.require(int(last["height"]))
                 self.monitor.advanced(time_ms, int(last["height"]))
+                self._register_nodes()
                 return
             if time.monotonic() > deadline:
                 raise DevnetError(
@@ -335,30 +339,41 @@ class DaemonBackend:
         return outcomes
 
     def _register_nodes(self) -> None:
-        """A member admitted during the run votes once its node is registered.
+        """Members admitted during the run vote once their node is registered.
 
         Founders' nodes are in the genesis; a member admitted later is a validator only
         after a `member.node` naming the peer id that votes for it (DESIGN 6.2). The
-        scenario (and `simulate`) has no such step, since it changes no figure; here the
-        applicant's daemon signs it as soon as the admission is committed, so its node
-        turns from a follower into a validator, as a member would have it do.
+        scenario (and `simulate`) has no such step, as it changes no figure. The member's
+        daemon registers its node by itself once admitted; this reports it, and signs
+        the registration through the daemon if it has not happened after
+        `NODE_REGISTRATION_GRACE_SECONDS` (a daemon that does not do it on its own).
+        Never blocks: called after each group and each block waited for.
         """
+        now = time.monotonic()
         for who, row in self.reader.rows("members"):
             endpoint = self.by_member.get(who)
-            if endpoint is None or row["node"] or who in self._registered:
+            if endpoint is None:
                 continue
-            self._registered.add(who)
-            action = Action(None, "node", (Intent(self.scenario.key(endpoint.name),
-                                                  "member.node", {}),))
-            text = f"{endpoint.name}'s daemon registers its node: it votes from now on"
-            self.monitor.action_started(action, text)
+            if row["node"]:
+                if self._unregistered.pop(who, None) is not None:
+                    action = Action(None, "node", (Intent(self.scenario.key(endpoint.name),
+                                                          "member.node", {}),))
+                    text = f"{endpoint.name}'s daemon registered its node: it votes now"
+                    self.monitor.action_started(action, text)
+                    self.monitor.action_done(action, text, Outcome((), None), None)
+                continue
+            since = self._unregistered.setdefault(who, now)
+            if now - since < NODE_REGISTRATION_GRACE_SECONDS:
+                continue
+            self._unregistered[who] = now  # try again after another grace period
             args = {"peer_id": default_peer_id(who).hex()}
             with self._signer_lock(who):
                 self._catch_up(endpoint)
                 done = self._sign(endpoint, "member.node", args)
-            if done.height is not None:
+            if done.reason is not None:
+                self.monitor.warn(f"registering {endpoint.name}'s node failed: {done.reason}")
+            elif done.height is not None:
                 self.reader.require(done.height)
-            self.monitor.action_done(action, text, Outcome((), done.reason), done.height)
 
     # ---- scheduling ----------------------------------------------------------------------
 
@@ -521,7 +536,8 @@ class DaemonBackend:
                 self._watermark = max(self._watermark, height)
                 self._heights[endpoint.name] = max(self._heights.get(endpoint.name, 0), height)
             return _Done(txid, None, height), result
-        reason = str(result.get("reason") or f"the transaction was {status}")
+        reason = str(result.get("reason") or f"the daemon dropped the transaction without a "
+                     f"verdict (status {status})")
         return _Done(None, reason), result
 
     def _catch_up(self, endpoint: Endpoint) -> None:

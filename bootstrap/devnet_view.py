@@ -60,6 +60,7 @@ class LiveView:
         self._live: Live | None = None
         self.rejected = 0
         self.done = 0
+        self._assets: dict[str, dict[str, Any]] = {}
         self._started = time.monotonic()
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -129,6 +130,10 @@ class LiveView:
         with self._lock:
             self._active.pop(id(action), None)
             self.done += 1
+        quiet = action.step is None and outcome.reason is None and self.backend is not None \
+            and self.backend.by_daemon(action)
+        if quiet:  # a daemon's own dividend claim: the period's close line says so
+            return
         where = f"  [dim]height {height}[/]" if height is not None else ""
         if outcome.reason is None:
             self._print(f"  [green]✓[/] {escape(text)}{where}")
@@ -153,32 +158,56 @@ class LiveView:
         offset = time_ms - backend.genesis_time_ms
         if offset > 0 and offset % backend.period_ms == 0:
             closed = offset // backend.period_ms - 1
+            self._print(f"[bold]period {closed} closed[/] at height {height}")
+            for line in self._asset_changes(backend):
+                self._print("  " + line)
             row = backend.view.row("periods", closed)
-            line = f"[bold]period {closed} closed[/] at height {height}"
             if row is not None and int(row["pool"]):
-                line += (f": common income {int(row['pool']):,}, dividend "
-                         f"{int(row['share']):,} to each of {int(row['members'])} members")
-            self._print(line)
+                claim = " (their daemons claim it)" if backend.auto_claim else ""
+                self._print(f"  common income {int(row['pool']):,}: a dividend of "
+                            f"{int(row['share']):,} to each of {int(row['members'])} "
+                            f"members{claim}")
             if closed + 1 < self.scenario.periods:
                 self._print(f"[bold cyan]period {closed + 1}[/]")
             return
+        for line in self._auction_closes(backend, time_ms):
+            self._print(line)
+
+    def _auction_closes(self, backend: DaemonBackend, time_ms: int) -> list[str]:
         player = self.player
         if player is None:
-            return
+            return []
+        out = []
         for name, asset in player.state.assets.items():
             a = backend.view.row("auctions", asset)
             if a is None or int(a["reveal_end_ms"]) != time_ms:
                 continue
             if a["status"] == "cleared":
                 bids = backend.view.rows("bond_bids", (asset,))
-                won = ", ".join(f"{backend.names.get(b['bidder'], '?')} {int(b['allocation']):,}"
+                won = ", ".join(f"{backend.names.get(b['bidder'], '?')} "
+                                f"{int(b['allocation']):,}"
                                 for _, b in bids if int(b["allocation"]))
-                self._print(f"the bond auction of [bold]{escape(name)}[/] cleared at "
-                            f"{int(a['result'])} bps: {escape(won)}")
+                out.append(f"the bond auction of [bold]{escape(name)}[/] cleared at "
+                           f"{int(a['result'])} bps: {escape(won)}")
             else:
-                self._print(f"the bond auction of [bold]{escape(name)}[/] "
-                            f"{escape(str(a['status']))}")
+                out.append(f"the bond auction of [bold]{escape(name)}[/] "
+                           f"{escape(str(a['status']))}")
+        return out
 
+    def _asset_changes(self, backend: DaemonBackend) -> list[str]:
+        """What a period close did to each asset: rent, bond service, returns."""
+        player = self.player
+        if player is None:
+            return []
+        out = []
+        for name, asset in player.state.assets.items():
+            now = {"asset": backend.view.row("assets", asset),
+                   "rental": backend.view.row("rentals", asset),
+                   "series": backend.view.row("series", asset)}
+            before = self._assets.get(name, {})
+            self._assets[name] = now
+            out += [f"{escape(name)}: {escape(t)}" for t in _asset_lines(before, now, backend)]
+        return out
     # ---- drawing -----------------------------------------------------------------------------
 
     def _render(self) -> RenderableType:
@@ -194,8 +223,8 @@ class LiveView:
             more = f" (+{len(active) - 3} more)" if len(active) > 3 else ""
             parts.append(Text("now: " + " · ".join(active[:3]) + more, style="cyan"))
         elif phase:
-            left = f" ({_duration((until - now_ms()) / 1000)})" \
-                if until is not None and until > now_ms() else ""
+            left = f" (in {_duration((until - now_ms()) / 1000)})" \
+                if until is not None and until - now_ms() >= 1000 else ""
             parts.append(Text(f"now: {phase}{left}", style="cyan"))
         return Group(*parts)
 
@@ -212,10 +241,11 @@ class LiveView:
             return Text(line, style="bold")
         period = min(s.periods - 1, into // period_ms)
         left = max(0, total - into) / 1000
-        line = (f"{s.commune.name} · period {period} of {s.periods - 1} · {elapsed} · "
+        line = (f"{s.commune.name} · period {period} (of 0–{s.periods - 1}) · {elapsed} · "
                 f"about {_duration(left)} left")
-        bar = ProgressBar(total=total, completed=min(total, into), width=60)
-        return Group(Text(line, style="bold"), bar)
+        grid = Table.grid()
+        grid.add_row(ProgressBar(total=total, completed=min(total, into), width=60))
+        return Group(Text(line, style="bold"), grid)
 
     def _nodes(self, status: dict[str, dict[str, Any] | None]) -> RenderableType:
         assert self.devnet is not None
@@ -245,6 +275,41 @@ class LiveView:
             t.add_row(d.name, role, str(s.get("height", "")), period, str(s.get("round", "")),
                       str(s.get("peers", "")), str(s.get("mempool_txs", "")))
         return t
+
+
+def _asset_lines(before: dict[str, Any], now: dict[str, Any],
+                 backend: DaemonBackend) -> list[str]:
+    def get(snapshot: dict[str, Any], table: str, column: str) -> int:
+        row = snapshot.get(table)
+        return 0 if not row else int(row[column])
+
+    lines = []
+    rental = now.get("rental")
+    if rental:
+        lessee = backend.names.get(rental["lessee"], "?")
+        paid = get(now, "rental", "paid") - get(before, "rental", "paid")
+        missed = get(now, "rental", "missed_total") - get(before, "rental", "missed_total")
+        if paid:
+            lines.append(f"rent {paid:,} paid by {lessee}")
+        if missed:
+            lines.append(f"{lessee} missed the rent ({missed} period{'s' * (missed > 1)})")
+    s = now.get("series")
+    if s:
+        interest = get(now, "series", "interest_paid") - get(before, "series", "interest_paid")
+        principal = get(now, "series", "principal_paid") - get(before, "series",
+                                                               "principal_paid")
+        if interest or principal:
+            lines.append(f"bondholders get interest {interest:,} and principal {principal:,}; "
+                         f"{int(s['outstanding']):,} outstanding")
+        old = (before.get("series") or {}).get("status")
+        if s["status"] != old and s["status"] == "redeemed":
+            lines.append("its bonds are redeemed: the commune owns it, its rent is common "
+                         "income from now on")
+    a, old_a = now.get("asset"), before.get("asset")
+    if a and old_a and a["status"] != old_a["status"] and a["status"] in (
+            "reauction", "liquidating", "liquidated"):
+        lines.append(f"status {old_a['status']} → {a['status']}")
+    return lines
 
 
 # ---- after the run -------------------------------------------------------------------------
@@ -302,3 +367,6 @@ def render_result(console: Console, result: Result) -> None:
                           f"logs: {info['dir']}/NAME/daemon.log")
         if info["kept"]:
             console.print(f"Their data is kept in {info['dir']}.")
+        else:
+            console.print(f"Removed {info['dir']} (keep a devnet's data with --dir DIR or "
+                          "--keep-running).")

@@ -1047,7 +1047,12 @@ AUDIT_BATCH_BLOCKS = 256
 
 def audit_parallel_prefetch(workers: int) -> Any:
     """A `ledger.audit.Prefetch` that verifies signatures in `workers` processes, ahead of
-    execution, in order; small logs are verified in-process."""
+    execution, in order; small logs are verified in-process.
+
+    When the oldest batch is not verified yet, this process does not wait idle: it takes
+    the newest batch no worker has started and verifies it itself (work stealing), so the
+    replay runs at the pace of all cores together, not of the slower side.
+    """
     import multiprocessing
     from collections import deque
     from concurrent.futures import Future, ProcessPoolExecutor
@@ -1056,16 +1061,33 @@ def audit_parallel_prefetch(workers: int) -> Any:
 
     def prefetch(chain_id: bytes, records: Any) -> Any:
         pool: ProcessPoolExecutor | None = None
-        pending: deque[tuple[list[Any], Future[Any]]] = deque()
+        pending: deque[list[Any]] = deque()
+        """[records, Future or verdicts] per batch, oldest first."""
         batch: list[Any] = []
         size = seen = 0
+        window = 4 * workers + 2
 
         def submit() -> None:
             nonlocal batch, size
             assert pool is not None
-            pending.append((batch, pool.submit(check_signatures_batch, chain_id,
-                                               [r.block for r in batch])))
+            pending.append([batch, pool.submit(check_signatures_batch, chain_id,
+                                               [r.block for r in batch])])
             batch, size = [], 0
+
+        def steal() -> bool:
+            for entry in reversed(pending):
+                if isinstance(entry[1], Future) and entry[1].cancel():
+                    entry[1] = [check_signatures(chain_id, r.block) for r in entry[0]]
+                    return True
+            return False
+
+        def oldest() -> Any:
+            entry = pending[0]
+            while isinstance(entry[1], Future) and not entry[1].done() and steal():
+                pass
+            pending.popleft()
+            verdicts = entry[1].result() if isinstance(entry[1], Future) else entry[1]
+            return zip(entry[0], verdicts, strict=True)
 
         finished = False
         try:
@@ -1073,7 +1095,7 @@ def audit_parallel_prefetch(workers: int) -> Any:
                 if pool is None:
                     if workers < 1 or seen < AUDIT_POOL_AFTER_BYTES:
                         seen += len(rec.block)
-                        yield rec, check_signatures(chain_id, rec.block)
+                        yield rec, None  # verified by the auditor, from its decoded block
                         continue
                     pool = ProcessPoolExecutor(
                         workers, mp_context=multiprocessing.get_context("spawn"))
@@ -1081,14 +1103,12 @@ def audit_parallel_prefetch(workers: int) -> Any:
                 size += len(rec.block)
                 if size >= AUDIT_BATCH_BYTES or len(batch) >= AUDIT_BATCH_BLOCKS:
                     submit()
-                    while len(pending) > 2 * workers:
-                        done, fut = pending.popleft()
-                        yield from zip(done, fut.result(), strict=True)
+                    while len(pending) > window:
+                        yield from oldest()
             if batch:
                 submit()
             while pending:
-                done, fut = pending.popleft()
-                yield from zip(done, fut.result(), strict=True)
+                yield from oldest()
             finished = True
         finally:
             if pool is not None:  # at a failure, stop at once; at the end, reap the workers
@@ -1197,7 +1217,7 @@ def _audit_workers(workers: int | None) -> int:
     if workers is not None:
         return workers
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return 0 if (n or 1) < 2 else min(n or 1, 4)
+    return min((n or 1) - 1, 4)  # this process takes a core too (it executes, and steals)
 
 
 def _audit_progress(enabled: bool, total: int | None, what: str) -> Any:
@@ -1498,7 +1518,7 @@ def audit_export(home: Path | None, out: Path, force: bool, as_json: bool) -> No
               help="With --peer: also keep the fetched log in this file.")
 @click.option("--workers", type=click.IntRange(0, 64), default=None,
               help="Processes verifying signatures ahead of execution (default: one per "
-                   "core, 0 on one core).")
+                   "core beside this one's, 0 on one core).")
 @json_option
 def audit_replay(file: Path | None, genesis_path: Path | None, peer: str | None,
                  save: Path | None, workers: int | None, as_json: bool) -> None:

@@ -15,6 +15,11 @@ the auction rules here and cannot drift from them.
 
 Dividends (DESIGN 6.7): with `auto_claim` on (the default), every unclaimed period
 is claimed as soon as it appears.
+
+Node registration (DESIGN 6.2, `member.node`): validators are members with a
+registered node. Founders are registered by the genesis; a member admitted later has
+its daemon register the node's peer id (derived from the member key, which is the
+node's libp2p identity) as soon as the admission commits.
 """
 
 from __future__ import annotations
@@ -220,6 +225,29 @@ class Actions:
         time_ms = max(now_ms(), ledger.last_time_ms + 1)
         return ledger.check_tx(tx, time_ms=time_ms, signature_checked=True) is None
 
+    async def _register_node(self) -> None:
+        """A member's node votes once registered (`member.node`); a newly admitted member's
+        daemon registers itself, so admission is all it takes to become a validator."""
+        from ledger.membership import default_peer_id
+
+        me = self.node.key.public
+        row = self.node.ledger.state.member(me)
+        if row is None or row["node"] or self._is_pending(("node", "", 0)):
+            return
+        peer = default_peer_id(me)
+        probe = make_tx(self.node.key, self.node.chain_id, "member.node",
+                        self.node.ledger.next_nonce(me), {"peer_id": peer})
+        if not self._would_apply(probe):
+            return
+        try:
+            out = await self.node.sign_args("member.node", {"peer_id": peer})
+        except api.ApiError as exc:
+            log.warning("node_registration_refused", reason=exc.message)
+            return
+        self._pending[("node", "", 0)] = bytes.fromhex(out["id"])
+        self.node.metrics.actions.labels("member.node").inc()
+        log.info("node_registered", tx=out["id"])
+
     async def tick(self) -> None:
         """Submit every reveal that would execute now, and claims when due."""
         ledger = self.node.ledger
@@ -243,6 +271,7 @@ class Actions:
             self.node.metrics.actions.labels(tx.kind).inc()
             log.info("revealed", kind=bid.kind, asset=bid.asset, index=bid.index,
                      tx=result["id"])
+        await self._register_node()
         if self.node.config.auto_claim and not self._is_pending(("claim", "", 0)):
             periods = ledger.state.unclaimed_periods(me)
             if periods:

@@ -31,6 +31,8 @@ MAX_FIELD_CHARS = 2000
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
 
+_LIBRARIES = ("libp2p", "multiaddr", "hypercorn", "httpx", "httpcore", "trio_websocket")
+
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
 
 
@@ -140,9 +142,17 @@ def setup(level: str = "info", log_dir: Path | None = None, stream: TextIO | Non
             log_dir / file_name, maxBytes=MAX_FILE_BYTES, backupCount=BACKUPS, encoding="utf-8")
         fh.setFormatter(formatter)
         handlers.append(fh)
+    floor = max(LEVELS[level], logging.WARNING)
+
+    def quiet_libraries(record: logging.LogRecord) -> bool:
+        # Libraries set levels on their own child loggers (py-libp2p logs at info
+        # every few seconds); below warning their records are not ours to print.
+        return record.levelno >= floor or not record.name.startswith(_LIBRARIES)
+
     teardown()
     root = logging.getLogger()
     for h in handlers:
+        h.addFilter(quiet_libraries)
         h._commune = True  # type: ignore[attr-defined]
         root.addHandler(h)
     # Our own loggers at the chosen level; chatty libraries only from warnings up

@@ -236,45 +236,68 @@ def _describe(raw: bytes) -> dict[str, Any]:
             "args": render_value("args", t.args)}
 
 
+def _rental(s: Any, aid: bytes) -> dict[str, Any] | None:
+    r = s.row("rentals", aid)
+    return None if r is None else render_row(r)
+
+
 def assets(node: Any, params: Mapping[str, str]) -> list[dict[str, Any]]:
     s = node.ledger.state
-    if "assets" not in s.tables():
-        return []
-    return [render_row(row, id=key.hex()) for key, row in s.rows("assets")[:MAX_LIST]]
+    out = []
+    for key, row in s.rows("assets")[:MAX_LIST]:
+        rental = s.row("rentals", key)
+        out.append(render_row(row, id=key.hex(),
+                              lessee=rental["lessee"] if rental else None,
+                              rental_status=rental["status"] if rental else None))
+    return out
 
 
 def asset(node: Any, params: Mapping[str, str]) -> dict[str, Any]:
+    """An asset with its bond auction, series and holdings, rental, and re-auctions."""
+    from ledger.auction import rental_auction_id
+
     aid = _hash(params)
     s = node.ledger.state
-    row = s.row("assets", aid) if "assets" in s.tables() else None
+    row = s.row("assets", aid)
     if row is None:
         raise not_found(f"no asset {aid.hex()}")
     out = render_row(row, id=aid.hex())
-    for table in ("auctions", "series", "rentals"):
-        if table in s.tables():
-            r = s.row(table, aid)
-            if r is not None:
-                out[table.rstrip("s") if table != "series" else "series"] = render_row(r)
+    auction = s.row("auctions", aid)
+    if auction is not None:
+        out["auction"] = render_row(auction)
+        out["auction"]["bids"] = [render_row(b, bid=k[1])
+                                  for k, b in s.rows("bond_bids", (aid,))[:MAX_LIST]]
+    series = s.row("series", aid)
+    out["series"] = None if series is None else render_row(series)
+    if series is not None:
+        out["series"]["holders"] = [render_row(b, holder=k[1])
+                                    for k, b in s.rows("bonds", (aid,))[:MAX_LIST]]
+    out["rental"] = _rental(s, aid)
+    reauctions = []
+    for k in range(int(row.get("reauctions", 0))):
+        rid = rental_auction_id(aid, k)
+        r = s.row("auctions", rid)
+        if r is not None:
+            reauctions.append(render_row(r, id=rid.hex(), bids=[
+                render_row(b, bid=key[1]) for key, b in s.rows("rent_bids", (rid,))[:MAX_LIST]]))
+    out["reauctions"] = reauctions
     return out
 
 
 def bonds(node: Any, params: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Holdings, optionally of one asset's series (`asset`) or one `holder`."""
     s = node.ledger.state
-    if "bonds" not in s.tables():
-        return []
     asset_id = _hash(params, "asset") if params.get("asset") else None
     holder = _opt_id(params, "holder")
+    rates: dict[bytes, int] = {}
     out = []
-    for key, row in s.rows("bonds", (asset_id,) if asset_id else ()):
-        r = render_row(row)
-        if isinstance(key, tuple):
-            names = ("asset", "holder")[: len(key)]
-            for name, value in zip(names, key, strict=False):
-                r.setdefault(name, render_value(name if name != "asset" else "asset_id",
-                                                value))
-        if holder is not None and r.get("holder") != id_text(holder):
+    for (aid, who), row in s.rows("bonds", (asset_id,) if asset_id else ()):
+        if holder is not None and who != holder:
             continue
-        out.append(r)
+        if aid not in rates:
+            series = s.row("series", aid)
+            rates[aid] = int(series["rate_bps"]) if series else 0
+        out.append(render_row(row, asset=aid.hex(), holder=who, rate_bps=rates[aid]))
         if len(out) >= MAX_LIST:
             break
     return out

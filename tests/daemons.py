@@ -149,6 +149,15 @@ class Daemon:
         return "\n".join(self.log_files[-1].read_text(errors="replace").splitlines()[-lines:])
 
 
+def consensus_messages_sent(d: Daemon) -> float:
+    """This node's count of published consensus messages (its rebroadcasts tick it)."""
+    text = d.call(lambda c: c.metrics())
+    for line in text.splitlines():
+        if line.startswith('commune_gossip_sent_total{topic="consensus"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def make_member_home(home: Path, key: SigningKey, p2p_port: int,
                      bootstrap: Sequence[str] = ()) -> None:
     keystore.create_key_file(Paths(home).key, PASSPHRASE, seed=key.seed(),

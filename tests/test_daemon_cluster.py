@@ -19,13 +19,14 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 
 from node.client import ClientError
 from protocol.crypto import SigningKey, id_text
 from protocol.transactions import make_tx
-from tests.daemons import Daemon, make_commune, running, wait_for
+from tests.daemons import Daemon, consensus_messages_sent, make_commune, running, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -76,6 +77,10 @@ def deposit(cluster: Sequence[Daemon], account: str, amount: int) -> None:
     approved = cluster[1].call(lambda c: c.sign(
         "treasury.approve", {"action": proposed["id"]}, wait=30))
     assert approved["status"] == "committed", approved
+    for d in cluster:
+        if d.running():
+            wait_for(f"{d.name} to see the deposit", lambda d=d: d.call(
+                lambda c: c.get(f"tx/{approved['id']}"))["status"] == "committed")
 
 
 def test_transaction_commits_everywhere(cluster: list[Daemon]) -> None:
@@ -170,14 +175,6 @@ def test_bank_and_set_with_kill_and_restart(cluster: list[Daemon]) -> None:
         assert d.status()["evidence_recorded"] == 0
 
 
-def consensus_messages_sent(d: Daemon) -> float:
-    text = d.call(lambda c: c.metrics())
-    for line in text.splitlines():
-        if line.startswith('commune_gossip_sent_total{topic="consensus"}'):
-            return float(line.split()[-1])
-    return 0.0
-
-
 def test_two_of_four_stopped_halts_then_resumes(cluster: list[Daemon]) -> None:
     live, stopped = cluster[:2], cluster[2:]
     for d in stopped:
@@ -198,4 +195,45 @@ def test_two_of_four_stopped_halts_then_resumes(cluster: list[Daemon]) -> None:
     stopped[1].wait_ready()
     top = max(heights(cluster))
     wait_for("all four at the same height", lambda: min(heights(cluster)) >= top, 60)
+    assert_same_chain(cluster)
+
+
+def test_sealed_bids_revealed_even_after_kill(cluster: list[Daemon]) -> None:
+    """Two members bid through their own daemons; one daemon is killed with SIGKILL
+    between its commitment and the reveal window and restarted: both bids are still
+    opened by the daemons themselves (salt derived from the key, terms in bids.jsonl)."""
+    requester, bidder_a, bidder_b = cluster[0], cluster[1], cluster[3]
+    for b in (bidder_a, bidder_b):
+        deposit(cluster, b.id, 10_000)
+    request = requester.call(lambda c: c.sign("asset.request", {
+        "description": "a van", "price": 8_000, "rent": 2_000, "term": 12, "maturity": 6,
+        "max_rate_bps": 900, "commit_seconds": 6, "reveal_seconds": 6}, wait=30))
+    assert request["status"] == "committed", request
+    asset = request["id"]
+    for b in (bidder_a, bidder_b):
+        wait_for(f"{b.name} to see the request",
+                 lambda b=b: b.call(lambda c: c.get(f"tx/{asset}"))["status"] == "committed")
+    bid_a = bidder_a.call(lambda c: c.action(
+        "bond_bid", {"asset": asset, "amount": 5_000, "rate_bps": 400}, wait=30))
+    bid_b = bidder_b.call(lambda c: c.action(
+        "bond_bid", {"asset": asset, "amount": 5_000, "rate_bps": 600}, wait=30))
+    assert bid_a["status"] == bid_b["status"] == "committed"
+    bidder_b.kill()
+    assert (bidder_b.home / "bids.jsonl").exists()
+    bidder_b.start()
+    bidder_b.wait_ready()
+
+    def closed() -> dict[str, Any] | None:
+        a = requester.call(lambda c: c.get(f"asset/{asset}"))
+        return a if a["auction"]["status"] != "open" else None
+
+    a = wait_for("the auction to close", closed, 60)
+    assert a["auction"]["status"] == "cleared" and a["auction"]["result"] == 600
+    by_bidder = {b["bidder"]: b for b in a["auction"]["bids"]}
+    assert by_bidder[bidder_a.id]["allocation"] == 5_000
+    assert by_bidder[bidder_b.id]["allocation"] == 3_000
+    assert all(b["forfeit"] == 0 for b in a["auction"]["bids"])  # both were revealed
+    assert a["status"] == "funded"
+    top = max(heights(cluster))
+    wait_for("everyone past the close", lambda: min(heights(cluster)) >= top, 60)
     assert_same_chain(cluster)

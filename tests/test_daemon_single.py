@@ -139,3 +139,35 @@ def test_stop_restart_and_kill(tmp_path: Path) -> None:
         assert cli_json(d, "tx", "show", sent["id"])["status"] == "committed"
         wait_for("blocks after kill -9", lambda: d.height() > h + 1)
         assert d.status()["evidence_recorded"] == 0
+
+
+def test_asset_lifecycle_with_automatic_reveal_and_claims(tmp_path: Path) -> None:
+    """Request, sealed bid, the daemon's own reveal, clearing, purchase, rent service,
+    redemption, common income, and the daemon's own dividend claim -- in real time."""
+    (d,), _ = make_commune(tmp_path, 1, label="daemon-lifecycle",
+                           params={"period_seconds": 6, "commit_seconds": 2,
+                                   "reveal_seconds": 2})
+    with running([d]):
+        def sign(kind: str, args: dict[str, Any]) -> dict[str, Any]:
+            r = d.call(lambda c: c.sign(kind, args, wait=30))
+            assert r["status"] == "committed", r
+            return r
+
+        sign("treasury.deposit", {"account": d.id, "amount": 100_000, "reference": "seed"})
+        req = sign("asset.request", {"description": "van", "price": 6_000, "rent": 3_500,
+                                     "term": 10, "maturity": 2, "max_rate_bps": 900})
+        asset = req["id"]
+        bid = d.call(lambda c: c.action("bond_bid", {"asset": asset, "amount": 6_000,
+                                                     "rate_bps": 500}, wait=30))
+        assert bid["status"] == "committed"
+        funded = wait_for("the auction to clear", lambda: (
+            a := d.call(lambda c: c.get(f"asset/{asset}")))["status"] != "auction" and a, 30)
+        assert funded["status"] == "funded" and funded["auction"]["result"] == 500
+        assert funded["auction"]["bids"][0]["status"] == "won"  # revealed by the daemon
+        sign("treasury.acquire", {"asset": asset})
+        claimed = wait_for("a dividend claimed by the daemon itself", lambda: (
+            v := d.call(lambda c: c.get("dividends", member=d.id)))["claimed"] > 0 and v, 90)
+        assert claimed["unclaimed"] == 0
+        a = d.call(lambda c: c.get(f"asset/{asset}"))
+        assert a["owned"] == 1 and a["series"]["status"] == "redeemed"
+        assert a["series"]["principal_paid"] == 6_000

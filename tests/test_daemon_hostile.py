@@ -1,0 +1,143 @@
+"""A hostile libp2p peer gossips junk at a real daemon: dropped, counted, penalized, banned.
+
+The peer is `tests/net_peer.py` (a bare `node.net.Network` in its own process, driven
+over stdin/stdout) joined to the daemon's transaction and consensus topics. It first
+gossips one valid transaction (which commits: gossip in works from any peer), then
+malformed bytes, transactions signed for another commune or tampered with, and
+votes with bad signatures. The daemon's topic validators drop each before it can
+spread, nothing reaches the mempool or the ledger, and the peer's score crosses the
+ban threshold: the daemon cuts it off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.driver import topics
+from protocol.crypto import SigningKey
+from protocol.proposal import encode_message
+from protocol.transactions import make_tx
+from protocol.votes import PREVOTE, Vote
+from tests.daemons import ROOT, Daemon, make_commune, running, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+PEER_SCRIPT = ROOT / "tests" / "net_peer.py"
+
+
+class HostilePeer:
+    def __init__(self, tmp: Path, bootstrap: str, topic_names: tuple[str, ...]) -> None:
+        self.log = tmp / "hostile.log"
+        args = [sys.executable, str(PEER_SCRIPT), "--name", "hostile", "--port", "0",
+                "--bootstrap", bootstrap, "--no-px"]
+        for t in topic_names:
+            args += ["--topic", t]
+        with open(self.log, "wb") as err:
+            self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=err, cwd=ROOT,
+                                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+        self.info = self._read()
+        assert self.info.get("event") == "ready", self.info
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError("hostile peer exited:\n" + self.log.read_text()[-3000:])
+        return dict(json.loads(line))
+
+    def call(self, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
+        """The peer bounds its own waits by `timeout` and always answers one line."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"cmd": cmd, "timeout": timeout, **args}).encode()
+                              + b"\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[Daemon, HostilePeer, tuple[str, str], bytes]]:
+    (d,), genesis = make_commune(tmp_path, 1, label="hostile-test")
+    tx_topic, consensus_topic = topics(genesis.chain_id)
+    with running([d]):
+        status = d.status()
+        peer = HostilePeer(tmp_path, status["listen"][0], (tx_topic, consensus_topic))
+        try:
+            yield d, peer, (tx_topic, consensus_topic), genesis.chain_id
+        finally:
+            peer.close()
+
+
+def metric(d: Daemon, prefix: str) -> float:
+    for line in d.call(lambda c: c.metrics()).splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_junk_gossip_dropped_and_peer_banned(
+        setup: tuple[Daemon, HostilePeer, tuple[str, str], bytes]) -> None:
+    d, peer, (tx_topic, consensus_topic), chain_id = setup
+    daemon_peer_id = d.status()["peer_id"]
+    reply = peer.call("wait_topic_peers", topic=tx_topic, peers=[daemon_peer_id])
+    assert reply["ok"], reply
+
+    # Gossip in works from any peer: a valid transaction commits.
+    member = d.key
+    deposit = make_tx(member, chain_id, "treasury.deposit", 1,
+                      {"account": member.public, "amount": 10, "reference": "via gossip"})
+    assert peer.call("publish", topic=tx_topic, data=deposit.raw.hex())["ok"]
+    wait_for("the gossiped transaction to commit", lambda: d.call(
+        lambda c: c.get(f"tx/{deposit.id.hex()}"))["status"] == "committed")
+    height = d.height()
+
+    stranger = SigningKey.derive("hostile-test", "stranger")
+    other_chain = make_tx(stranger, b"\x01" * 32, "account.transfer", 1,
+                          {"to": member.public, "amount": 5})
+    tampered = bytearray(make_tx(stranger, chain_id, "account.transfer", 1,
+                                 {"to": member.public, "amount": 5}).raw)
+    tampered[-3] ^= 0x40
+    forged_vote = Vote(PREVOTE, height + 1, 0, b"\x07" * 32, member.public, b"\x00" * 64)
+    junk = [
+        (tx_topic, b"\x00not msgpack at all"),
+        (tx_topic, b"\x81\xa4body\xc0"),
+        (tx_topic, other_chain.raw),
+        (tx_topic, bytes(tampered)),
+        (consensus_topic, b"\x92\x01\x02"),
+        (consensus_topic, encode_message(forged_vote)),
+    ]
+    sent = 0
+    for _ in range(5):
+        for topic, data in junk:
+            reply = peer.call("publish", topic=topic, data=data.hex())
+            if not reply["ok"]:  # already cut off
+                break
+            sent += 1
+    banned = peer.call("wait_disconnected", peer=daemon_peer_id, timeout=60)
+    assert banned["ok"], banned
+    assert sent >= 20
+
+    invalid_txs = metric(d, 'commune_gossip_received_total{result="invalid",topic="txs"}')
+    invalid_votes = metric(d,
+                           'commune_gossip_received_total{result="invalid",topic="consensus"}')
+    assert invalid_txs >= 4 and invalid_votes >= 2
+    s = d.status()
+    assert s["mempool_txs"] == 0 and s["peers"] == 0
+    for bad in (other_chain.id.hex(),):
+        status = d.call(lambda c, t=bad: c.wait_tx(t, 0))["status"]
+        assert status in ("rejected", "unknown"), status
+    wait_for("blocks to go on", lambda: d.height() > height + 1)
+    assert d.status()["evidence_recorded"] == 0

@@ -234,12 +234,12 @@ def main() -> None:
           "below what the CPU\ntimes allow. Load-independent, one core: the in-process replay "
           f"runs {inline_cpu_rate:,.0f} tx per\nCPU-second, {inline_cpu_rate / limit_cpu:.0%} "
           "of the raw verify rate per CPU-second.")
-    best = max(rows[1:], key=lambda r: r.rate, default=None)
-    if best is not None and usable > 1:
+    top = max(rows[1:], key=lambda r: r.rate, default=None)
+    if top is not None and usable > 1:
         # With the work split, the replay runs at the pace of the busier side: this process,
         # or the verifiers sharing the remaining cores (and any idle time of this one).
-        per_tx = max(best.main_cpu, (best.main_cpu + best.workers_cpu) / usable) / txs
-        print(f"From the CPU times of '{best.mode}', {usable} idle cores would replay about "
+        per_tx = max(top.main_cpu, (top.main_cpu + top.workers_cpu) / usable) / txs
+        print(f"From the CPU times of '{top.mode}', {usable} idle cores would replay about "
               f"{1 / per_tx:,.0f} tx/s,\n{1 / per_tx / limit_cpu:.0%} of the one-core limit "
               "(an estimate; the wall-clock row is the measurement).")
 

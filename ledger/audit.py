@@ -530,8 +530,9 @@ def audit_records(genesis: Genesis, records: Iterable[BlockRecord], *,
     has none, e.g. a peer).
     """
     auditor = Auditor(genesis, rules)
+    stream = prefetch(genesis.chain_id, records)
     try:
-        for rec, verdict in prefetch(genesis.chain_id, records):
+        for rec, verdict in stream:
             p = auditor.apply(rec, verdict)
             if on_block is not None:
                 on_block(p)
@@ -541,9 +542,12 @@ def audit_records(genesis: Genesis, records: Iterable[BlockRecord], *,
     except AuditFailure as exc:
         return AuditResult(False, exc.failure, auditor)
     except LogFormatError as exc:
-        check = "format"
-        return AuditResult(False, Failure(check, exc.reason, exc.height, offset=exc.offset),
+        return AuditResult(False, Failure("format", exc.reason, exc.height, offset=exc.offset),
                            auditor)
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:  # a prefetch ahead of a failure stops now, not at collection
+            close()
     return AuditResult(True, None, auditor, last)
 
 

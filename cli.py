@@ -1121,19 +1121,24 @@ AUDIT_FETCH_BATCH = 16
 AUDIT_FETCH_TIMEOUT = 60.0
 
 
-async def audit_fetch(peer: str, genesis: Any, out: Any,
-                      progress: Callable[[int, int], None] | None = None) -> tuple[int, bytes]:
-    """Fetch a node's whole chain over the block-sync protocol into a log file.
+async def audit_fetch(peer: str, genesis: Any,
+                      sink: Callable[[int, bytes, bytes, bytes], None],
+                      stopped: Callable[[], bool] = lambda: False,
+                      claimed: Callable[[int, bytes], None] | None = None
+                      ) -> tuple[int, bytes]:
+    """Fetch a node's whole chain over the block-sync protocol, block by block.
 
-    Nothing the peer says is trusted: its blocks go into the log as they come and the
-    replay checks them; its claimed height only says when to stop asking (a peer that
-    stops short is reported). Returns the (height, block hash) the peer claimed.
+    `sink(height, block, certificate, block hash)` gets each block as it arrives (in
+    height order); nothing the peer says is trusted: the replay checks every block.
+    The peer's claimed height (passed to `claimed` as soon as known) only says when to
+    stop asking; a peer that stops short is reported. `stopped()` is polled between
+    requests (the replay failed: stop fetching). Returns the (height, block hash) the
+    peer claimed.
     """
     import secrets
 
     import trio
 
-    from ledger.export import LogWriter
     from node.driver import sync_protocol
     from node.net import Network, NetworkError, split_p2p_addr
     from protocol.encoding import encode
@@ -1154,7 +1159,6 @@ async def audit_fetch(peer: str, genesis: Any, out: Any,
     proto = sync_protocol(chain_id)
     net = Network(secrets.token_bytes(32), ["/ip4/127.0.0.1/tcp/0"], bootstrap=[peer],
                   peer_exchange=False)
-    writer = LogWriter(out, genesis.encode(), chain_id)
 
     async def ask(msg: Any) -> Any:
         try:
@@ -1172,8 +1176,10 @@ async def audit_fetch(peer: str, genesis: Any, out: Any,
         status = await ask(SyncStatus(0, chain_id))
         if not isinstance(status, SyncStatus):
             fail("the peer did not answer the status request with its status", Exit.FAILED)
+        if claimed is not None:
+            claimed(status.height, status.block_hash)
         h, count, rid = 1, AUDIT_FETCH_BATCH, 1
-        while h <= status.height:
+        while h <= status.height and not stopped():
             try:
                 resp = await ask(SyncRequest(rid, h, count))
             except NetworkError as exc:
@@ -1187,11 +1193,9 @@ async def audit_fetch(peer: str, genesis: Any, out: Any,
                 fail(f"the peer claims height {status.height} but serves nothing from "
                      f"block {h}", Exit.FAILED)
             for block, cert in resp.items:
-                writer.block(h, block.encode(), encode(cert.to_wire()), block.hash())
+                sink(h, block.encode(), encode(cert.to_wire()), block.hash())
                 h += 1
             rid += 1
-            if progress is not None:
-                progress(h - 1, status.height)
         return status
 
     # Errors are carried out of the nursery by hand: trio would wrap them in a group.
@@ -1209,8 +1213,77 @@ async def audit_fetch(peer: str, genesis: Any, out: Any,
         raise status
     if isinstance(status, NetworkError):
         fail(f"cannot fetch from {peer}: {status}", Exit.UNREACHABLE)
-    writer.finish()
     return status.height, status.block_hash
+
+
+class _PeerSource:
+    """Blocks fetched from a peer in a background thread (the network runs on trio there),
+    handed to the replay in order as they arrive: a peer serving garbage is stopped at
+    its first bad block, not after it filled a disk."""
+
+    QUEUE = 64
+
+    def __init__(self, peer: str, genesis: Any, save: Any) -> None:
+        import queue
+        import threading
+
+        from ledger.export import LogWriter
+
+        self.peer, self.genesis = peer, genesis
+        self.queue: queue.Queue[Any] = queue.Queue(self.QUEUE)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.claimed: tuple[int, bytes] | None = None
+        self.writer = None if save is None else LogWriter(save, genesis.encode(),
+                                                          genesis.chain_id)
+        self.thread = threading.Thread(target=self._run, name="audit-fetch", daemon=True)
+
+    _END = object()
+
+    def _put(self, item: Any) -> None:
+        import queue
+
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _sink(self, h: int, block: bytes, cert: bytes, bhash: bytes) -> None:
+        from ledger.export import BlockRecord
+
+        if self.writer is not None:
+            self.writer.block(h, block, cert, bhash)
+        self._put(BlockRecord(h, block, cert, -1))
+
+    def _run(self) -> None:
+        import trio
+
+        def claimed(h: int, bhash: bytes) -> None:
+            self.claimed = (h, bhash)
+
+        try:
+            trio.run(audit_fetch, self.peer, self.genesis, self._sink, self.stop.is_set,
+                     claimed)
+            if self.writer is not None and not self.stop.is_set():
+                self.writer.finish()
+        except BaseException as exc:  # handed to the replay's thread, raised there
+            self.error = exc
+        finally:
+            self._put(self._END)
+
+    def records(self) -> Any:
+        self.thread.start()
+        while (item := self.queue.get()) is not self._END:
+            yield item
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=AUDIT_FETCH_TIMEOUT)
 
 
 def _audit_workers(workers: int | None) -> int:
@@ -1534,7 +1607,7 @@ def audit_replay(file: Path | None, genesis_path: Path | None, peer: str | None,
     import stat
     from typing import BinaryIO
 
-    from ledger.audit import audit_log
+    from ledger.audit import audit_log, audit_records
 
     if (file is None) == (peer is None):
         fail("give either a log FILE or --peer MULTIADDR", Exit.USAGE)
@@ -1542,29 +1615,39 @@ def audit_replay(file: Path | None, genesis_path: Path | None, peer: str | None,
         fail("--save keeps a log fetched with --peer; a FILE is already saved", Exit.USAGE)
     expected = _load_genesis_file(genesis_path) if genesis_path is not None else None
     show = not as_json and stderr_console.is_terminal
+    prefetch = audit_parallel_prefetch(_audit_workers(workers))
+    txs = 0
     claimed: tuple[int, bytes] | None = None
-    stream: BinaryIO
     if peer is not None:
-        import tempfile
-
-        import trio
-
         if expected is None:
             fail("--peer needs the commune's --genesis: it is the one thing the audit trusts",
                  Exit.USAGE)
         if save is not None and save.exists():
             fail(f"{save} exists; choose another --save file", Exit.EXISTS)
         try:
-            stream = (  # closed below
-                tempfile.TemporaryFile() if save is None else open(save, "w+b"))  # noqa: SIM115
+            saved = None if save is None else open(save, "wb")  # noqa: SIM115 - closed below
         except OSError as exc:
             fail(f"cannot write {save}: {exc}", Exit.FAILED)
-        with _audit_progress(show, None, "fetching") as bar:
-            claimed = trio.run(audit_fetch, peer, expected, stream,
-                               lambda h, top: bar.update(h, f"block {h:,}", total=top))
-        stream.seek(0)
+        source = _PeerSource(peer, expected, saved)
+        try:
+            with _audit_progress(show, None, "fetching and replaying") as bar:
+                def on_peer_block(p: Any) -> None:
+                    nonlocal txs
+                    txs += p.txs
+                    if p.height % 16 == 0:
+                        top = source.claimed[0] if source.claimed else None
+                        bar.update(p.height, f"block {p.height:,}, {txs:,} txs", total=top)
+
+                result = audit_records(expected, source.records(), prefetch=prefetch,
+                                       on_block=on_peer_block)
+        finally:
+            source.close()
+            if saved is not None:
+                saved.close()
+        claimed = source.claimed
     else:
         assert file is not None
+        stream: BinaryIO
         try:
             stream = (sys.stdin.buffer if str(file) == "-"
                       else open(file, "rb"))  # noqa: SIM115 - closed below
@@ -1572,19 +1655,17 @@ def audit_replay(file: Path | None, genesis_path: Path | None, peer: str | None,
             fail(f"no such file {file}", Exit.NOT_FOUND)
         except OSError as exc:
             fail(f"cannot read {file}: {exc}", Exit.FAILED)
-    st = os.fstat(stream.fileno())
-    total = st.st_size if stat.S_ISREG(st.st_mode) else None
-    txs = 0
-    with stream, _audit_progress(show, total, "replaying") as bar:
-        def on_block(p: Any) -> None:
-            nonlocal txs
-            txs += p.txs
-            if p.height % 32 == 0 and p.offset is not None:
-                bar.update(p.offset, f"block {p.height:,}, {txs:,} txs")
+        st = os.fstat(stream.fileno())
+        total = st.st_size if stat.S_ISREG(st.st_mode) else None
+        with stream, _audit_progress(show, total, "replaying") as bar:
+            def on_block(p: Any) -> None:
+                nonlocal txs
+                txs += p.txs
+                if p.height % 32 == 0 and p.offset is not None:
+                    bar.update(p.offset, f"block {p.height:,}, {txs:,} txs")
 
-        result = audit_log(stream, expected_genesis=expected,
-                           prefetch=audit_parallel_prefetch(_audit_workers(workers)),
-                           on_block=on_block)
+            result = audit_log(stream, expected_genesis=expected, prefetch=prefetch,
+                               on_block=on_block)
     report = result.report()
     if result.auditor is not None:
         result.auditor.close()

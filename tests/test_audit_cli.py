@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 import cli
-from ledger.audit import audit_log
+from ledger.audit import audit_log, audit_records
+from ledger.export import LogWriter
 from node.config import Paths
 from protocol.block import Block
 from protocol.crypto import SigningKey, sha256
@@ -153,6 +154,7 @@ async def test_replay_fetches_from_a_peer_over_block_sync(home: tuple[Chain, Pat
     chain, h = home
     ledger = Ledger.open(str(Paths(h).db), chain.genesis)
     lie: dict[str, int] = {}
+    forged: dict[int, Block] = {}
 
     async def handler(peer_id: str, data: bytes) -> bytes:
         msg = decode_sync_message(data)
@@ -164,6 +166,8 @@ async def test_replay_fetches_from_a_peer_over_block_sync(home: tuple[Chain, Pat
             return encode_sync_message(SyncResponse(msg.request_id, ()))
 
         def block_at(x: int) -> Block:
+            if x in forged:
+                return forged[x]
             b = ledger.block(x)
             assert b is not None
             return b
@@ -181,16 +185,45 @@ async def test_replay_fetches_from_a_peer_over_block_sync(home: tuple[Chain, Pat
             addr = server.listen_addrs[0]
             assert addr.endswith(f"/p2p/{server.peer_id}")
             out = io.BytesIO()
-            height, last = await cli.audit_fetch(addr, chain.genesis, out)
+            writer = LogWriter(out, chain.genesis.encode(), chain.genesis.chain_id)
+            height, last = await cli.audit_fetch(addr, chain.genesis, writer.block)
+            writer.finish()
             assert (height, last) == (len(chain.blocks), ledger.last_block_hash)
             assert out.getvalue() == chain.log()
             r = audit_log(io.BytesIO(out.getvalue()), expected_genesis=chain.genesis)
             assert r.ok and r.auditor is not None
             assert r.auditor.ledger.state_root == chain.final_root
 
+            # What `commune audit replay --peer` runs: the fetch in its own thread, the
+            # replay consuming blocks as they arrive (here in a thread too, so that this
+            # test's event loop keeps serving).
+            saved = io.BytesIO()
+            source = cli._PeerSource(addr, chain.genesis, saved)
+            try:
+                r = await trio.to_thread.run_sync(
+                    lambda: audit_records(chain.genesis, source.records()))
+            finally:
+                await trio.to_thread.run_sync(source.close)
+            assert r.ok and saved.getvalue() == chain.log()
+
+            k = chain.marks["transfers"]  # a peer serving a tampered block is stopped there
+            good = Block.decode(chain.blocks[k - 1][0])
+            forged[k] = Block.decode(edit_block(good.encode(), lambda w: w["txs"].__setitem__(
+                0, edit_tx(w["txs"][0], lambda e: e.update(sig=flip(e["sig"], 1))))))
+            source = cli._PeerSource(addr, chain.genesis, None)
+            try:
+                r = await trio.to_thread.run_sync(
+                    lambda: audit_records(chain.genesis, source.records()))
+            finally:
+                await trio.to_thread.run_sync(source.close)
+            assert r.failure is not None
+            assert (r.failure.check, r.failure.height, r.failure.tx_index) == \
+                ("tx-signature", k, 0)
+            forged.clear()
+
             lie["extra"] = 5  # claims more than it serves
             with pytest.raises(cli.CommandError, match="serves nothing from block"):
-                await cli.audit_fetch(addr, chain.genesis, io.BytesIO())
+                await cli.audit_fetch(addr, chain.genesis, lambda *a: None)
             nursery.cancel_scope.cancel()
     finally:
         ledger.close()

@@ -1282,8 +1282,8 @@ class _PeerSource:
 
     def close(self) -> None:
         self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout=AUDIT_FETCH_TIMEOUT)
+        if self.thread.is_alive():  # it stops between requests; a daemon thread otherwise
+            self.thread.join(timeout=5)
 
 
 def _audit_workers(workers: int | None) -> int:

@@ -564,3 +564,28 @@ def test_the_guard_resends_rather_than_signing_a_second_value() -> None:
     c.fire(TimeoutKind.PROPOSE, 0)  # would prevote nil
     again = votes(c.take(), PREVOTE)
     assert again == [pv] and len(c.records) == 1
+
+
+def test_an_equivocators_second_vote_still_counts_towards_a_proof_of_lock() -> None:
+    """X prevoted nil to us and v to others. A re-proposal of v relays X's v prevote as
+    part of its proof of lock: we must count it, or we can never accept v."""
+    nodes, _ = make_nodes(4)
+    x, a, c, d = nodes  # a proposes round 0, c round 1
+    start(d)
+    start(a)
+    a_out = a.take()
+    prop_v = proposals(a_out)[0]
+    v = prop_v.block_hash
+    d.give(Vote.create(x.key, CHAIN, PREVOTE, 1, 0, NIL))  # X's nil arrives first
+    # D missed the round-0 proposal and moves on to round 1 by timeouts.
+    d.give(*[Vote.create(n.key, CHAIN, PRECOMMIT, 1, 0, NIL) for n in (x, a)])
+    d.fire(TimeoutKind.PROPOSE, 0)
+    d.fire(TimeoutKind.PREVOTE, 0)
+    d.fire(TimeoutKind.PRECOMMIT, 0)
+    assert d.engine.round == 1
+    d.take()
+    pol = [Vote.create(n.key, CHAIN, PREVOTE, 1, 0, v) for n in (x, a, c)]
+    reprop = Proposal.create(c.key, CHAIN, 1, 1, 0, prop_v.block)
+    d.give(reprop, *pol)
+    assert len(d.evidence) == 1  # X equivocated, and that is recorded
+    assert votes(d.take(), PREVOTE)[-1].block_hash == v

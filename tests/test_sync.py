@@ -322,7 +322,7 @@ def test_a_block_the_ledger_refuses_drops_its_peer() -> None:
             raise ValueError("state root mismatch")
         real_commit(block, cert)
 
-    f.ledger.commit = commit  # type: ignore[method-assign]
+    f.ledger.commit = commit  # type: ignore[method-assign,assignment]
     f.sync_all(CHAIN_12)
     assert f.ledger.height == 12
     assert len(f.drops) == 1 and "rejected by the ledger" in f.drops[0].reason

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ledger.execute import BlockRejected as LedgerBlockRejected
@@ -230,26 +231,24 @@ class LedgerWorkload:
         wallets = [*self.founders[:3], self.investor]
         # The treasurer deposits for every wallet, then wallets pay each other.
         deposits = [_Step(self.treasurer, "treasury.deposit",
-                          (lambda k=k: {"account": k.public, "amount": 100_000,
-                                        "reference": f"wire {k.public.hex()[:8]}"}))
+                          partial(dict, account=k.public, amount=100_000,
+                                  reference=f"wire {k.public.hex()[:8]}"))
                     for k in wallets]
         self._scripts.append(deposits)
         for k in wallets:
             others = [o for o in wallets if o is not k]
-            steps = [_Step(k, "account.transfer",
-                           (lambda k=k, others=others: self._transfer_args(k, others)))
+            steps = [_Step(k, "account.transfer", partial(self._transfer_args, k, others))
                      for _ in range(rng.randint(3, 8))]
             self._scripts.append(steps)
         joiner = world.joiner
         if joiner is not None:
             j = joiner.key
             attesters = self.founders[:2] if len(self.founders) >= 2 else self.founders[:1]
-            steps = [_Step(j, "member.apply", lambda: {"name": "joiner", "enterprise": "sim",
-                                                       "labour": "simulated labour"})]
-            steps += [_Step(a, "member.attest", (lambda j=j: {"applicant": j.public}))
+            steps = [_Step(j, "member.apply", partial(dict, name="joiner", enterprise="sim",
+                                                      labour="simulated labour"))]
+            steps += [_Step(a, "member.attest", partial(dict, applicant=j.public))
                       for a in attesters]
-            steps.append(_Step(j, "member.node",
-                               (lambda j=j: {"peer_id": default_peer_id(j.public)}),
+            steps.append(_Step(j, "member.node", partial(dict, peer_id=default_peer_id(j.public)),
                                ("add", j.public)))
             if world.sc.remove:
                 victims = [n.key for n in world.nodes[1: world.sc.size] if n.honest]

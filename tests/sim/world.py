@@ -345,16 +345,16 @@ class World:
                 if n.app.validators_at(h) != ref.validators_at(h):
                     raise SimFailure(f"validator sets differ at height {h}")
         for op, who, tx_hash in self.workload.member_events:
-            h = self.checker.acked.get(tx_hash)
-            if h is None:
+            at = self.checker.acked.get(tx_hash)
+            if at is None:
                 raise SimFailure(f"membership {op} never committed")
             for n in honest:
-                if n.app.height >= h:
-                    before = who in n.app.validators_at(h + 1)
-                    after = who in n.app.validators_at(h + 2)
+                if n.app.height >= at:
+                    before = who in n.app.validators_at(at + 1)
+                    after = who in n.app.validators_at(at + 2)
                     if before != (op == "remove") or after != (op == "add"):
-                        raise SimFailure(f"{op} committed at {h} did not change the "
-                                         f"validator set at {h + 2} on {n.name}")
+                        raise SimFailure(f"{op} committed at {at} did not change the "
+                                         f"validator set at {at + 2} on {n.name}")
 
     def digest(self) -> str:
         """A fingerprint of the run's outcome, to check that a seed replays exactly."""

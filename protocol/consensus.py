@@ -107,6 +107,7 @@ class ConsensusEngine:
         self._txs_available = False
         self._pending_request: tuple[int, int] | None = None
         self._future: list[ConsensusMessage] = []
+        self._future_proposals = 0
         self._behind_hinted: set[int] = set()
         self._missing_block_hinted = False
         self._last_rebroadcast_state: tuple[int, Step] | None = None
@@ -238,7 +239,10 @@ class ConsensusEngine:
         if h != self.height:
             if h > self.height:
                 if h == self.height + 1 and len(self._future) < self.config.max_future_messages:
-                    self._future.append(msg)
+                    # Proposals carry blocks (up to 4 MiB): only a few are kept.
+                    if not isinstance(msg, Proposal) or self._future_proposals < 4:
+                        self._future_proposals += isinstance(msg, Proposal)
+                        self._future.append(msg)
                 if h not in self._behind_hinted and len(self._behind_hinted) < 64:
                     self._behind_hinted.add(h)
                     out.append(Behind(h))
@@ -362,6 +366,7 @@ class ConsensusEngine:
                 self._resend(rec, out)
                 prop = rec.decoded()
                 assert isinstance(prop, Proposal)
+                self._relay_proof_of_lock(prop, out)
                 rv = self._round(r)
                 if rv.proposal is None:
                     self._accept_proposal(now_ms, prop, rv)

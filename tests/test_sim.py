@@ -46,7 +46,7 @@ def _map(fn: Callable[[Any], str | None], jobs: list[Any]) -> list[str | None]:
     workers = min(2, os.cpu_count() or 1)
     if workers < 2 or len(jobs) < 8:
         return [fn(j) for j in jobs]
-    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         return list(pool.map(fn, jobs, chunksize=4))
 
 
@@ -62,6 +62,8 @@ def test_seeds_with_the_real_ledger() -> None:
 
 
 def test_the_seeds_cover_every_size_and_fault() -> None:
+    if SEEDS < 300:
+        pytest.skip("coverage of faults is asserted for the CI run of 300 seeds")
     seen: Counter[str] = Counter()
     for s in range(SEEDS):
         sc = draw(s)

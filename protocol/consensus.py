@@ -238,11 +238,11 @@ class ConsensusEngine:
         h = msg.height
         if h != self.height:
             if h > self.height:
-                if h == self.height + 1 and len(self._future) < self.config.max_future_messages:
-                    # Proposals carry blocks (up to 4 MiB): only a few are kept.
-                    if not isinstance(msg, Proposal) or self._future_proposals < 4:
-                        self._future_proposals += isinstance(msg, Proposal)
-                        self._future.append(msg)
+                # Proposals carry blocks (up to 4 MiB): only a few are kept.
+                if (h == self.height + 1 and len(self._future) < self.config.max_future_messages
+                        and (not isinstance(msg, Proposal) or self._future_proposals < 4)):
+                    self._future_proposals += isinstance(msg, Proposal)
+                    self._future.append(msg)
                 if h not in self._behind_hinted and len(self._behind_hinted) < 64:
                     self._behind_hinted.add(h)
                     out.append(Behind(h))

@@ -78,6 +78,8 @@ DEVNET_SCRYPT = keystore.ScryptParams(n=2**10, r=8, p=1)
 """Cheap on purpose: the passphrase lies next to the key."""
 PASSPHRASE_FILE = "passphrase"
 DAEMON_LOG = "daemon.log"
+TRACE_LOG = "devnet.log"
+"""Seconds since genesis, thread, and what the devnet did: for finding where time goes."""
 MANIFEST = "devnet.json"
 """What the devnet made, in DIR: nodes, homes, pids; for people and scripts."""
 STARTUP_SECONDS_BASE = 4.0
@@ -167,11 +169,19 @@ def free_port() -> int:
 # ---- one daemon process --------------------------------------------------------------------
 
 
+PR_SET_PDEATHSIG = 1
+_prctl: Any = None
+if sys.platform.startswith("linux"):
+    with contextlib.suppress(OSError, AttributeError):
+        _prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the child
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: the daemon gets SIGTERM if the devnet process dies (even by SIGKILL)."""
-    PR_SET_PDEATHSIG = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    """Linux: the daemon gets SIGTERM if the devnet process dies (even by SIGKILL).
+
+    Runs between fork and exec while other threads of the parent may hold locks, so it
+    does nothing but the one system call (the function was looked up beforehand)."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -203,7 +213,7 @@ class DaemonProcess:
         env = {k: v for k, v in os.environ.items()
                if k not in ("COMMUNE_HOME", keystore.PASSPHRASE_ENV)}
         env["PYTHONUNBUFFERED"] = "1"
-        tie = tie_to_parent and sys.platform.startswith("linux")
+        tie = tie_to_parent and _prctl is not None
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cli", "daemon", "--home", str(self.home),
@@ -269,6 +279,7 @@ class Devnet:
     plans: list[NodePlan]
     daemons: list[DaemonProcess] = field(default_factory=list)
     genesis: Genesis | None = None
+    _trace_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def create(cls, scenario: Scenario, directory: Path, plans: list[NodePlan],
@@ -367,6 +378,13 @@ class Devnet:
 
     def running(self) -> list[DaemonProcess]:
         return [d for d in self.daemons if d.gone() is None]
+
+    def trace(self, line: str) -> None:
+        """One line of DIR/devnet.log: what the devnet sent when, and how long it took."""
+        offset = (now_ms() - self.genesis_time_ms) / 1000
+        text = f"{offset:9.3f} {threading.current_thread().name:>18} {line}\n"
+        with self._trace_lock, open(self.directory / TRACE_LOG, "a", encoding="utf-8") as f:
+            f.write(text)
 
     def stop_command(self) -> str:
         return f"kill $(cat {self.directory}/*/daemon.pid)"
@@ -506,9 +524,9 @@ def run(opts: Options, view: View, stopping: threading.Event) -> Result:
     eta = f"{expect / 60:.0f} min" if expect >= 90 else f"{expect:.0f} s"
     view.note(f"{scenario.commune.name}: {len(plans)} daemons in {directory}, playing "
               f"{label}: {scenario.periods} periods of {period_s} s, about {eta}", "bold")
-    devnet.start(tie_to_parent=not opts.keep_running)
-    view.attach(devnet, None)
     try:
+        devnet.start(tie_to_parent=not opts.keep_running)
+        view.attach(devnet, None)
         view.phase(f"starting {len(plans)} daemons")
         devnet.wait_ready(lambda k, n: view.phase(f"starting daemons: {k} of {n} up and "
                                                   "connected"), stopping)
@@ -524,6 +542,7 @@ def run(opts: Options, view: View, stopping: threading.Event) -> Result:
         backend = DaemonBackend(scenario, devnet.genesis.chain_id, devnet.genesis_time_ms,
                                 devnet.endpoints(), auto_claim=scenario.auto_claim,
                                 monitor=view, stopping=stopping)
+        backend.trace = devnet.trace
         player = ScenarioPlayer(scenario, backend)
         view.attach(devnet, backend, player)
         state = player.run()

@@ -21,13 +21,15 @@ running commune, in real time, through the daemons' control APIs only:
 
 Ordering. On the in-process ledger a whole group of actions goes into one block, in
 order. Here each transaction needs a consensus round, so independent actions run
-concurrently and dependent ones wait for each other: an action waits for every earlier
-action of its group that touches the same actor (account, applicant, recipient) or the
-same asset (bids keep their commit order, which decides ties), and governance and
-membership-wide actions (propose, vote, resign, a failed purchase, a liquidation) wait
-for, and hold up, everything. A transaction that needs an earlier one's id (an approval
-of a treasury action) is sent once that one is committed. One signer has at most one
-transaction in flight, so a rejected transaction never leaves a nonce gap behind it.
+concurrently and dependent ones wait for each other (`dependencies`): an action waits
+for every earlier action of its group that writes what it reads or writes (an account,
+a membership, an asset: bids on one asset keep their commit order, which decides ties),
+governance and other commune-wide actions (propose, vote, resign, a failed purchase, a
+liquidation) run alone, and an asset request goes last in its group, so that its
+auction's commit window opens just before the bids are sent. A transaction that needs
+an earlier one's id (an approval of a treasury action) is sent once that one is
+committed, to a daemon that has that block. One signer has at most one transaction in
+flight, so a rejected transaction never leaves a nonce gap behind it.
 
 Time. `advance_to(t)` waits for a committed block at or after `t` (the daemons make an
 empty block every `empty_block_interval`, which is what closes periods and auctions);
@@ -41,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,9 +188,10 @@ class ApiReader:
     has committed at least that height (another daemon may have reported the commit).
     """
 
-    def __init__(self, endpoint: Endpoint, check: Callable[[], None]) -> None:
+    def __init__(self, endpoint: Endpoint, pause: Callable[[float], None]) -> None:
         self.endpoint = endpoint
-        self._check = check
+        self._pause = pause
+        """Sleeps a little; raises if the run must stop."""
         self._min_height = 0
         self._lock = threading.Lock()
 
@@ -196,23 +199,22 @@ class ApiReader:
         with self._lock:
             self._min_height = max(self._min_height, height)
 
-    @property
-    def min_height(self) -> int:
-        return self._min_height
-
     def _get(self, table: str, **params: str) -> list[tuple[Any, dict[str, Any]]]:
         deadline = time.monotonic() + BLOCK_DEADLINE_SECONDS
         while True:
-            self._check()
-            with self.endpoint.client() as c:
-                answer = c.get(f"state/{table}", **params)
+            try:
+                with self.endpoint.client() as c:
+                    answer = c.get(f"state/{table}", **params)
+            except ClientError as exc:
+                self._pause(0)  # a daemon that died says so first
+                raise DevnetError(f"{self.endpoint.name}'s daemon: {exc.message}") from None
             if int(answer["height"]) >= self._min_height:
                 break
             if time.monotonic() > deadline:
                 raise DevnetError(f"{self.endpoint.name}'s daemon stayed at height "
                                   f"{answer['height']}, below {self._min_height}, for "
                                   f"{BLOCK_DEADLINE_SECONDS:.0f} s")
-            time.sleep(POLL_SECONDS)
+            self._pause(CATCH_UP_POLL_SECONDS)
         out = []
         for k, r in answer["rows"]:
             key = decode(bytes.fromhex(k), max_size=MAX_STATE_BYTES)
@@ -274,7 +276,7 @@ class DaemonBackend:
         self.auto_claim = auto_claim
         self.monitor = monitor
         self.stopping = stopping
-        self.reader = ApiReader(self.endpoints[0], self.check)
+        self.reader = ApiReader(self.endpoints[0], self._pause)
         self.names = {scenario.key(n).public: n for n in scenario.actors}
         self.period_ms = scenario.commune.params.period_seconds * 1000
         self.stats = BackendStats()
@@ -289,6 +291,8 @@ class DaemonBackend:
         """Heights each daemon is known to have reached."""
         self._unregistered: dict[bytes, float] = {}
         """Members with a daemon but no registered node yet, since when."""
+        self.trace: Callable[[str], None] = lambda line: None
+        """Where timings of every transaction go (the devnet writes DIR/devnet.log)."""
 
     # ---- Backend protocol ----------------------------------------------------------------
 
@@ -413,6 +417,7 @@ class DaemonBackend:
 
     def _run_action(self, action: Action) -> Outcome:
         text = self.describe(action)
+        self.trace(f"start: {text}")
         self.monitor.action_started(action, text)
         ids: list[bytes] = []
         reason: str | None = None
@@ -507,6 +512,7 @@ class DaemonBackend:
                      ) -> tuple[_Done, dict[str, Any]]:
         """Send, then wait for the commit (or the rejection) with a deadline."""
         self.check()
+        started = time.monotonic()
         try:
             with endpoint.client() as c:
                 result = fn(c)
@@ -515,6 +521,8 @@ class DaemonBackend:
             raise DevnetError(f"{endpoint.name}'s daemon stopped answering") from None
         except ClientError as exc:
             if exc.kind in ("rejected", "usage", "not_found"):
+                self.trace(f"{endpoint.name} refused after "
+                           f"{(time.monotonic() - started) * 1000:.0f} ms: {exc.message}")
                 return _Done(None, exc.message), {}
             raise DevnetError(f"{endpoint.name}'s daemon: {exc.message}") from None
         with self._locks_guard:
@@ -530,6 +538,9 @@ class DaemonBackend:
                 result = c.wait_tx(str(result["id"]), timeout=SUBMIT_WAIT_SECONDS)
         status = result.get("status")
         txid = bytes.fromhex(str(result["id"])) if result.get("id") else None
+        self.trace(f"{endpoint.name} {result.get('kind', 'tx')} {str(result.get('id'))[:12]} "
+                   f"{status} at height {result.get('height')} after "
+                   f"{(time.monotonic() - started) * 1000:.0f} ms")
         if status == "committed":
             height = int(result["height"])
             with self._locks_guard:
@@ -550,12 +561,15 @@ class DaemonBackend:
         need = self._watermark
         if self._heights.get(endpoint.name, 0) >= need:
             return
-        deadline = time.monotonic() + BLOCK_DEADLINE_SECONDS
+        started = time.monotonic()
+        deadline = started + BLOCK_DEADLINE_SECONDS
         while True:
             height = int(self._status(endpoint)["height"])
             with self._locks_guard:
                 self._heights[endpoint.name] = max(self._heights.get(endpoint.name, 0), height)
             if height >= need:
+                self.trace(f"catch-up {endpoint.name} to {need}: "
+                           f"{(time.monotonic() - started) * 1000:.0f} ms")
                 return
             if time.monotonic() > deadline:
                 raise DevnetError(f"{endpoint.name}'s daemon stayed at height {height}, "
@@ -618,7 +632,7 @@ class DaemonBackend:
 
     def _pause(self, seconds: float = POLL_SECONDS) -> None:
         self.check()
-        if self.stopping.wait(seconds):
+        if seconds and self.stopping.wait(seconds):
             self.check()
 
     def _sleep_until(self, time_ms: int | None) -> None:
@@ -817,7 +831,3 @@ def describe_action(scenario: Scenario, action: Action, name: Callable[[bytes], 
 
 def _clock(time_ms: int) -> str:
     return time.strftime("%H:%M:%S", time.localtime(time_ms / 1000))
-
-
-def names_of(endpoints: Iterable[Endpoint]) -> list[str]:
-    return [e.name for e in endpoints]

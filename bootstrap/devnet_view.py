@@ -31,6 +31,7 @@ from bootstrap.devnet_backend import DaemonBackend, DevnetError, now_ms
 from bootstrap.player import Action, Outcome, ScenarioPlayer
 from bootstrap.scenario import Scenario
 from bootstrap.summary import render as render_summary
+from ledger.auction import rental_auction_id
 from node.client import ClientError
 
 POLL_SECONDS = 0.5
@@ -162,11 +163,14 @@ class LiveView:
             for line in self._asset_changes(backend):
                 self._print("  " + line)
             row = backend.view.row("periods", closed)
-            if row is not None and int(row["pool"]):
+            if row is not None and int(row["pool"]) and int(row["share"]):
                 claim = " (their daemons claim it)" if backend.auto_claim else ""
                 self._print(f"  common income {int(row['pool']):,}: a dividend of "
                             f"{int(row['share']):,} to each of {int(row['members'])} "
                             f"members{claim}")
+            elif row is not None and int(row["pool"]):
+                self._print(f"  common income {int(row['pool']):,}: less than a unit per "
+                            "member, carried into the next period")
             if closed + 1 < self.scenario.periods:
                 self._print(f"[bold cyan]period {closed + 1}[/]")
             return
@@ -192,6 +196,20 @@ class LiveView:
             else:
                 out.append(f"the bond auction of [bold]{escape(name)}[/] "
                            f"{escape(str(a['status']))}")
+        for name, asset in player.state.assets.items():
+            row = backend.view.row("assets", asset)
+            if row is None or not int(row["reauctions"]):
+                continue
+            r = backend.view.row("auctions", rental_auction_id(asset, int(row["reauctions"]) - 1))
+            if r is None or int(r["reveal_end_ms"]) != time_ms:
+                continue
+            if r["winner"]:
+                who = backend.names.get(r["winner"], "?")
+                out.append(f"the rental auction of [bold]{escape(name)}[/]: {escape(who)} "
+                           f"rents it for {int(r['result']):,} a period (second price)")
+            else:
+                out.append(f"the rental auction of [bold]{escape(name)}[/] had no valid bid: "
+                           "the asset is to be sold")
         return out
 
     def _asset_changes(self, backend: DaemonBackend) -> list[str]:
@@ -285,6 +303,10 @@ def _asset_lines(before: dict[str, Any], now: dict[str, Any],
 
     lines = []
     rental = now.get("rental")
+    old_rental = before.get("rental")
+    if rental and old_rental and (old_rental["lessee"], old_rental["start"]) != (
+            rental["lessee"], rental["start"]):
+        before = {**before, "rental": None}  # a new rental (a re-auction's): count afresh
     if rental:
         lessee = backend.names.get(rental["lessee"], "?")
         paid = get(now, "rental", "paid") - get(before, "rental", "paid")

@@ -1,9 +1,11 @@
 """`commune devnet`: real daemons in real processes, a scenario played in real time.
 
 The slow tests run the command itself (`python -m cli devnet`) on a tiny scenario of
-four 8-second periods (three founders, an investor, an applicant who is admitted and
-whose node becomes a validator, a bond auction with one rejected bid, a purchase, a
-rental that redeems the bonds and pays a dividend, a transfer, a withdrawal) and check:
+six 8-second periods (three founders; an investor; an applicant who is admitted and
+whose node becomes a validator; a bond auction with one rejected bid, revealed by a
+daemon and by the devnet; a purchase; a default; a rental re-auction whose sealed bids
+the members' daemons reveal; rent that redeems the bonds and pays a dividend the
+daemons claim; a transfer; a withdrawal) and check:
 
 - the summary has the same figures as `commune simulate` on the same file (all but
   heights, state roots and object ids, which depend on the genesis time), rejection
@@ -51,19 +53,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 TINY: dict[str, Any] = {
     "seed": "devnet test: tiny",
-    "description": "Three founders; a bike funded by bonds, bought and rented; dave joins.",
+    "description": "A bike funded by bonds and bought; alice defaults; bob wins the rental "
+                   "re-auction and his rent redeems the bonds and pays a dividend; dave joins.",
     "commune": {"name": "Tiny commune", "currency": "EUR", "minor_units": 2,
                 "params": {"period_seconds": 8, "periods_per_year": 12, "commit_seconds": 3,
-                           "reveal_seconds": 2}},
+                           "reveal_seconds": 2, "grace_periods": 2}},
     "founders": ["alice", "bob", "carol"],
     "treasury": {"signers": ["alice", "bob"], "threshold": 2},
-    "periods": 4,
+    "periods": 6,
     "auto_claim": True,
     "steps": [
         {"period": 0, "by": "alice", "do": "request", "asset": "bike", "price": 60000,
          "rent": 40000, "term": 6, "maturity": 2, "max_rate_bps": 900},
         {"period": 0, "by": "ivan", "do": "deposit", "amount": 50000},
-        {"period": 0, "by": "bob", "do": "deposit", "amount": 20000},
+        {"period": 0, "by": "bob", "do": "deposit", "amount": 90000},
         {"period": 0, "by": "ivan", "do": "bid", "asset": "bike", "amount": 40000,
          "rate_bps": 500},
         {"period": 0, "by": "bob", "do": "bid", "asset": "bike", "amount": 20000,
@@ -71,12 +74,15 @@ TINY: dict[str, Any] = {
         {"period": 0, "by": "carol", "do": "bid", "asset": "bike", "amount": 10000,
          "rate_bps": 600},
         {"period": 1, "by": "treasury", "do": "acquire", "asset": "bike"},
-        {"period": 1, "by": "alice", "do": "deposit", "amount": 90000},
         {"period": 1, "by": "dave", "do": "apply", "enterprise": "Bike workshop"},
         {"period": 1, "by": "alice", "do": "attest", "applicant": "dave"},
         {"period": 1, "by": "bob", "do": "attest", "applicant": "dave"},
         {"period": 2, "by": "ivan", "do": "transfer", "to": "carol", "amount": 1000},
-        {"period": 3, "by": "ivan", "do": "withdraw", "amount": 5000},
+        {"period": 4, "by": "bob", "do": "rent_bid", "asset": "bike", "rent": 70000,
+         "term": 4},
+        {"period": 4, "by": "carol", "do": "rent_bid", "asset": "bike", "rent": 65000,
+         "term": 4},
+        {"period": 5, "by": "ivan", "do": "withdraw", "amount": 5000},
     ],
 }
 
@@ -202,13 +208,16 @@ def test_group_ordering(tiny: Scenario) -> None:
     # bids on one asset keep their order (the commit order decides ties).
     deps = dependencies(tiny, [_action(tiny, i) for i in (3, 4, 5)], name)
     assert deps == [set(), {0}, {0, 1}]
-    # apply, then attestations of that applicant, in order; a deposit waits for nothing.
-    deps = dependencies(tiny, [_action(tiny, i) for i in (8, 9, 10, 7)], name)
+    # apply, then attestations of that applicant, in order; the purchase waits for nothing.
+    deps = dependencies(tiny, [_action(tiny, i) for i in (7, 8, 9, 6)], name)
     assert deps == [set(), {0}, {0, 1}, set()]
+    # rent bids on one asset keep their order too.
+    deps = dependencies(tiny, [_action(tiny, i) for i in (11, 12)], name)
+    assert deps == [set(), {0}]
     # the runner's claims credit the claimant: a transfer by the claimant waits.
     claim = Action(None, "claim", (Intent(tiny.key("ivan"), "dividend.claim",
                                           {"periods": [1]}),))
-    deps = dependencies(tiny, [claim, _action(tiny, 11), _action(tiny, 12)], name)
+    deps = dependencies(tiny, [claim, _action(tiny, 10), _action(tiny, 13)], name)
     assert deps == [set(), {0}, {0, 1}]
 
 
@@ -285,7 +294,9 @@ def test_devnet_ends_like_simulate_and_keeps_running(
     expected = simulate(load_scenario(tiny_file))
     assert comparable(summary) == comparable(expected)
     assert [r["step"] for r in summary["rejected"]] == [5]  # carol bids without money
-    assert summary["assets"]["bike"]["owned"] and summary["dividends"][-1]["share"] > 0
+    bike = summary["assets"]["bike"]
+    assert bike["owned"] and bike["lessee"] == "bob" and bike["reauctions"][0]["winner"] == "bob"
+    assert summary["dividends"][-1]["share"] > 0 and summary["actors"]["dave"]["member"]
 
     info = summary["devnet"]
     assert info["simulate"]["same_figures"] and info["state_roots"]["agree"]
@@ -302,9 +313,13 @@ def test_devnet_ends_like_simulate_and_keeps_running(
     # The daemons still run and answer `commune status`; dave's node, started as a
     # follower, votes since dave was admitted.
     for home in homes:
-        r = commune("status", "--home", str(home), "--json", timeout=60)
-        assert r.returncode == 0, r.stderr
-        status = json.loads(r.stdout)
+        if home.name in ("alice", "dave"):
+            r = commune("status", "--home", str(home), "--json", timeout=60)
+            assert r.returncode == 0, r.stderr
+            status = json.loads(r.stdout)
+        else:
+            with Client.from_home(home) as c:
+                status = c.status()
         assert status["height"] >= height
         assert status["member"] == id_text(load_scenario(tiny_file).key(home.name).public)
         assert status["is_validator"], home.name

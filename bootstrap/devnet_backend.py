@@ -257,7 +257,8 @@ class _Bid:
 class BackendStats:
     transactions: int = 0
     by_daemon: int = 0
-    """Reveals and claims the daemons made on their own."""
+    """Reveals and claims the devnet waited for the daemons to make on their own (a daemon
+    often claims before the devnet would have: those are not counted)."""
     late: list[str] = field(default_factory=list)
 
 

@@ -364,9 +364,9 @@ def render_result(console: Console, result: Result) -> None:
             console.print(f"    {escape(line)}")
     for line in info["late"]:
         console.print(f"[yellow]warning:[/] {escape(line)}")
-    console.print(f"{info['transactions']} transactions sent through the daemons' APIs, "
-                  f"{info['daemon_actions']} reveals and claims made by the daemons on their "
-                  f"own; {info['seconds']:.0f} s in all.")
+    console.print(f"{info['transactions']} transactions sent through the daemons' APIs; the "
+                  "daemons revealed their members' sealed bids and claimed their dividends by "
+                  f"themselves; {info['seconds']:.0f} s in all.")
     if info.get("running"):
         first = info["nodes"][0]["home"]
         console.print()

@@ -48,6 +48,9 @@ from node.metrics import CONTENT_TYPE, Metrics
 
 MAX_BODY_BYTES = 256 * 1024
 """Largest request body: a transaction is at most 64 KiB, hex-encoded in JSON twice that."""
+MAX_BATCH = 1000
+"""Transactions in one `POST /v1/txs` batch (`{"txs": [...]}`)."""
+MAX_BATCH_BODY_BYTES = 4 * 1024 * 1024
 TOKEN_BYTES = 32
 TOKEN_MODE = 0o600
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -105,6 +108,11 @@ class Backend(Protocol):
 
     async def submit(self, raw: bytes) -> dict[str, Any]:
         """Admit a signed transaction to the mempool and gossip it; `rejected` if invalid."""
+        ...
+
+    async def submit_batch(self, raws: list[bytes]) -> list[dict[str, Any]]:
+        """Admit several signed transactions; one result per transaction, in order:
+        `{"id", "status": "pending"}` or `{"id", "status": "rejected", "reason"}`."""
         ...
 
     async def sign_and_submit(self, kind: str, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -311,7 +319,18 @@ def create_app(backend: Backend, token: str, metrics: Metrics | None = None) -> 
         return handler
 
     async def submit(request: Request) -> Any:
-        body = _object(await read_json(request))
+        body = _object(await read_json(request, MAX_BATCH_BODY_BYTES))
+        if "txs" in body:  # a batch: admitted one by one, no waiting
+            items = body["txs"]
+            if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
+                raise bad_request(f"txs must be a list of 1 to {MAX_BATCH} hex transactions")
+            if set(body) - {"txs"}:
+                raise bad_request("a batch takes only txs (wait for commits with "
+                                  "GET /v1/txs/{id}/wait)")
+            raws = [parse_hex(x, f"txs[{i}]") for i, x in enumerate(items)]
+            return {"results": await backend.submit_batch(raws)}
+        if len(json.dumps(body)) > MAX_BODY_BYTES:
+            raise ApiError(413, "too_large", f"request body exceeds {MAX_BODY_BYTES} bytes")
         raw = parse_hex(body.get("tx"), "tx")
         result = await backend.submit(raw)
         return await _maybe_wait(body, result)

@@ -51,6 +51,9 @@ from protocol.transactions import TX_KINDS, TxError, make_tx
 
 log = get_logger("daemon")
 
+STATE_RETRY_SECONDS = 1.5
+"""How long an API submission refused by the committed state waits for newer blocks."""
+
 
 class DaemonError(Exception):
     """The daemon cannot start (or must stop); the message says what to do.
@@ -221,6 +224,11 @@ class Node:
             "uptime_seconds": int(time.time() - self.started_at),
             "pid": os.getpid(), **d,
             "evidence_recorded": self.ledger.state.count("evidence"),
+            "gossip": {name: {"mesh": len(self.net.mesh_peers(topic)),
+                              "subscribed": len(self.net.topic_peers(topic))}
+                       for name, topic in zip(("txs", "consensus"), topics(self.chain_id),
+                                              strict=True)},
+            "net": self.net.stats(),
             "last_block": self._last_block_info(),
         }
 
@@ -243,11 +251,35 @@ class Node:
         return queries.run(self, name, params)
 
     async def submit(self, raw: bytes) -> dict[str, Any]:
+        """Admit and gossip a transaction for a client of the API.
+
+        A transaction the committed state refuses is retried after each commit for up
+        to `STATE_RETRY_SECONDS`: a client that saw its deposit commit on one node and
+        sends the dependent transaction to another would otherwise lose a race against
+        block propagation that it has no way to see.
+        """
         result = await self.driver.submit_and_gossip(raw)
+        if result.status == "rejected" and result.state_dependent:
+            with trio.move_on_after(STATE_RETRY_SECONDS):
+                while result.status == "rejected" and result.state_dependent:
+                    await self.driver.commit_happened()
+                    result = await self.driver.submit_and_gossip(raw)
         if result.status == "rejected":
             raise api.rejected(result.reason or "rejected", {"id": result.txid.hex()})
         return {"id": result.txid.hex(), "status": "pending",
                 "known": result.status == "known"}
+
+    async def submit_batch(self, raws: list[bytes]) -> list[dict[str, Any]]:
+        out = []
+        for raw in raws:
+            result = await self.driver.submit_and_gossip(raw)
+            item: dict[str, Any] = {"id": result.txid.hex(),
+                                    "status": "rejected" if result.status == "rejected"
+                                    else "pending"}
+            if result.status == "rejected":
+                item["reason"] = result.reason or "rejected"
+            out.append(item)
+        return out
 
     async def sign_and_submit(self, kind: str, args: Mapping[str, Any]) -> dict[str, Any]:
         tx_args = args_from_json(kind, args)

@@ -54,6 +54,7 @@ from protocol.consensus_types import (
     ValidateBlock,
 )
 from protocol.crypto import SigningKey
+from protocol.encoding import DecodeError, decode, encode
 from protocol.proposal import MessageError, Proposal, decode_message, encode_message
 from protocol.sync import (
     ApplyBlock,
@@ -70,7 +71,7 @@ from protocol.sync import (
     encode_sync_message,
     serve,
 )
-from protocol.transactions import Transaction, TxError, decode_tx
+from protocol.transactions import MAX_TX_BYTES, Transaction, TxError, decode_tx
 from protocol.votes import Certificate, Evidence, ValidatorSet, Vote
 
 log = get_logger("driver")
@@ -84,10 +85,42 @@ INPUT_QUEUE = 4096
 STATUS_INTERVAL = 2.0
 """Seconds between status exchanges with each peer (block sync's view of heights)."""
 SYNC_TICK = 0.5
-REGOSSIP_INTERVAL = 3.0
-"""A pending transaction not included for this long is gossiped again."""
+REGOSSIP_TICK = 1.0
+"""How often the mempool is asked for transactions due for another gossip round."""
+GOSSIPED_FIRST_REPAIR = 12.0
+"""Seconds before a node re-gossips a transaction it received by gossip (its author's
+node repairs first; this is the fallback if that node went away)."""
 SIGN_LOG_COMPACT_BYTES = 1 << 20
 SYNC_REQUEST_TIMEOUT = 10.0
+
+
+GOSSIP_BATCH_TXS = 500
+GOSSIP_BATCH_BYTES = 512 * 1024
+GOSSIP_BATCH_DELAY = 0.02
+GOSSIP_QUEUE_BYTES = 8 * 1024 * 1024
+"""Bytes waiting to be gossiped above which mempool repairs are skipped."""
+
+
+def encode_tx_batch(raws: Sequence[bytes]) -> bytes:
+    """The transaction topic's message: a canonical msgpack list of raw transactions."""
+    assert 0 < len(raws) <= GOSSIP_BATCH_TXS
+    return encode(list(raws))
+
+
+def decode_tx_batch(data: bytes) -> list[bytes]:
+    """ValueError unless `data` is a list of 1..GOSSIP_BATCH_TXS raw transactions."""
+    if len(data) > GOSSIP_BATCH_BYTES + MAX_TX_BYTES + 64:
+        raise ValueError("transaction batch too large")
+    try:
+        obj = decode(data, max_size=GOSSIP_BATCH_BYTES + MAX_TX_BYTES + 64)
+    except DecodeError as exc:
+        raise ValueError(f"undecodable transaction batch: {exc}") from None
+    if type(obj) is not list or not 0 < len(obj) <= GOSSIP_BATCH_TXS:
+        raise ValueError("a transaction batch is a list of 1 to "
+                         f"{GOSSIP_BATCH_TXS} transactions")
+    if any(type(x) is not bytes for x in obj):
+        raise ValueError("a transaction batch holds raw transactions (bytes)")
+    return obj
 
 
 def now_ms() -> int:
@@ -178,6 +211,12 @@ class Driver:
         # bounded where it enters (`_consensus_gossip`).
         self._inputs_send, self._inputs = trio.open_memory_channel[tuple[str, Any]](math.inf)
         self._txs_notice_pending = False
+        self._gossip_out: deque[bytes] = deque()
+        self._gossip_out_bytes = 0
+        self._gossip_wakeup = trio.Event()
+        self._busy = ""
+        """What the consensus task is doing right now ("" when idle): for `status`."""
+        self._timers = 0
         self._nursery: trio.Nursery | None = None
         self._evidence: dict[bytes, Evidence] = {}
         self._commit_event = trio.Event()
@@ -200,7 +239,9 @@ class Driver:
                 "validators": e.validators.size, "syncing": self.sync.is_syncing(t),
                 "sync_target": self.sync.target(t), "mempool_txs": len(self.mempool),
                 "mempool_bytes": self.mempool.size_bytes,
-                "pending_evidence": len(self._evidence)}
+                "pending_evidence": len(self._evidence),
+                "input_queue": self._queue_length(), "busy": self._busy,
+                "decided": e.decided is not None, "timers": self._timers}
 
     async def commit_happened(self) -> None:
         """Return at the next commit (of any height)."""
@@ -223,26 +264,37 @@ class Driver:
         result = self.submit(raw, "api")
         if result.status == "added":
             self.mempool.mark_gossiped(result.txid, time.monotonic())
-            await self._publish(self.tx_topic, raw)
+            self._queue_gossip(raw)
         return result
 
     # ---- gossip validators (synchronous: run inside the pubsub task) --------------------
 
     def validate_tx_gossip(self, origin: str, data: bytes) -> bool:
-        """Admit gossiped transactions on the spot (one signature check, in the mempool).
+        """Admit a gossiped batch of transactions on the spot (one signature check each).
 
         Returns False -- drop and penalize the forwarder -- only for what no honest node
-        forwards: undecodable or wrongly signed bytes. A transaction the ledger refuses
-        for now (a nonce race, a balance) is not the forwarder's fault.
+        forwards: a malformed batch, or an undecodable or wrongly signed transaction in
+        it. A transaction the ledger refuses for now (a nonce race, a balance) is not the
+        forwarder's fault.
         """
-        result = self.submit(data, "gossip")
-        if result.ok:
-            self.mempool.mark_gossiped(result.txid, time.monotonic())
-            return True
-        reason = result.reason or ""
-        bad = reason.startswith("bad signature") or _is_malformed(reason)
-        self.metrics.gossip_in.labels("txs", "invalid" if bad else "refused").inc()
-        return not bad
+        try:
+            raws = decode_tx_batch(data)
+        except ValueError:
+            self.metrics.gossip_in.labels("txs", "invalid").inc()
+            return False
+        now = time.monotonic()
+        for raw in raws:
+            result = self.submit(raw, "gossip")
+            if result.status == "added":
+                self.mempool.mark_gossiped(result.txid, now, GOSSIPED_FIRST_REPAIR)
+            if result.ok:
+                continue
+            reason = result.reason or ""
+            if reason.startswith("bad signature") or _is_malformed(reason):
+                self.metrics.gossip_in.labels("txs", "invalid").inc()
+                return False
+            self.metrics.gossip_in.labels("txs", "refused").inc()
+        return True
 
     def validate_consensus_gossip(self, origin: str, data: bytes) -> bool:
         """Structure and signature; whether the signer votes at that height is the engine's."""
@@ -277,6 +329,7 @@ class Driver:
             nursery.start_soon(self._status_loop)
             nursery.start_soon(self._sync_ticker)
             nursery.start_soon(self._regossip_loop)
+            nursery.start_soon(self._gossip_flusher)
             self._put("start", None)
             await self.started.wait()
             task_status.started()
@@ -318,7 +371,9 @@ class Driver:
                 effects = []
             else:  # pragma: no cover
                 raise AssertionError(kind)
+            self._busy = f"{kind}"
             await self._execute(effects)
+            self._busy = ""
             self.metrics.round.set(e.round)
 
     def mempool_has_ready(self) -> bool:
@@ -356,6 +411,7 @@ class Driver:
                 self._persist(records)
                 records = []
             if isinstance(eff, Broadcast):
+                self._busy = "broadcast"
                 await self._publish(self.consensus_topic, eff.raw)
             elif isinstance(eff, ScheduleTimeout):
                 assert self._nursery is not None
@@ -385,7 +441,11 @@ class Driver:
         self.metrics.sign_log_bytes.set(self.signing_log.size)
 
     async def _timer(self, timeout: Timeout, delay_ms: int) -> None:
-        await trio.sleep(delay_ms / 1000)
+        self._timers += 1
+        try:
+            await trio.sleep(delay_ms / 1000)
+        finally:
+            self._timers -= 1
         self._put("timeout", timeout)
 
     def _build_proposal(self, req: RequestProposal) -> list[Effect]:
@@ -396,6 +456,7 @@ class Driver:
         evidence = sorted(self._evidence.values(), key=lambda ev: ev.hash())
         evidence = evidence[:MAX_PENDING_EVIDENCE]
         last_commit = self.ledger.certificate(h - 1) if h > 1 else None
+        started = time.perf_counter()
         try:
             block, skipped = self.ledger.build_block(
                 txs, req.time_ms, self.key.public, last_commit, evidence,
@@ -405,8 +466,8 @@ class Driver:
             return []
         for txid, reason in skipped:
             self.mempool.drop([txid], reason)
-        log.debug("proposal_built", height=h, round=req.round, txs=len(block.txs),
-                  skipped=len(skipped))
+        log.info("proposal_built", height=h, round=req.round, txs=len(block.txs),
+                 skipped=len(skipped), ms=round((time.perf_counter() - started) * 1000, 1))
         return self.engine.on_proposal_ready(now_ms(), h, req.round, block)
 
     def _check_block(self, block: Block) -> str | None:
@@ -418,7 +479,10 @@ class Driver:
         return None
 
     def _validate(self, block: Block) -> list[Effect]:
+        started = time.perf_counter()
         reason = self._check_block(block)
+        log.debug("block_checked", height=block.height, txs=len(block.txs), ok=reason is None,
+                  ms=round((time.perf_counter() - started) * 1000, 1))
         if reason is not None:
             log.warning("block_refused", height=block.height, reason=reason,
                         proposer=block.header.proposer)
@@ -429,8 +493,9 @@ class Driver:
         h = block.height
         if h != self.ledger.height + 1:
             return []  # sync got there first
+        started = time.perf_counter()
         self.ledger.commit(block, cert)
-        self._after_commit(block, source)
+        self._after_commit(block, cert, source, time.perf_counter() - started)
         effects = self._start_height(now_ms())
         # Sync learns every commit, whichever path produced it.
         sync_effects = self.sync.on_applied(now_ms(), h, block.hash(),
@@ -438,7 +503,8 @@ class Driver:
         await self._run_sync_effects(sync_effects)
         return effects
 
-    def _after_commit(self, block: Block, source: str) -> None:
+    def _after_commit(self, block: Block, cert: Certificate, source: str,
+                      seconds: float) -> None:
         h = block.height
         txs: list[Transaction] = []
         for raw in block.txs:
@@ -464,8 +530,8 @@ class Driver:
         if self._last_commit_wall is not None:
             m.block_interval.observe(now - self._last_commit_wall)
         self._last_commit_wall = now
-        log.info("commit", height=h, hash=block.hash(), txs=len(txs), source=source,
-                 dropped=len(dropped))
+        log.info("commit", height=h, hash=block.hash(), txs=len(txs), round=cert.round,
+                 source=source, dropped=len(dropped), ms=round(seconds * 1000, 1))
         self._compact_signing_log(h)
         for hook in self.hooks.committed:
             try:
@@ -495,12 +561,42 @@ class Driver:
             await self.net.publish(topic, data)
             self.metrics.gossip_out.labels("txs" if topic == self.tx_topic else "consensus").inc()
         except Exception as exc:  # the network may be down or closing: resends cover it
-            log.debug("publish_failed", topic=topic, error=exc)
+            log.warning("publish_failed", topic=topic, error=exc)
 
     async def _drain_txs(self, channel: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
         """Gossiped transactions were admitted by the validator; count what arrives."""
         async for _origin, _data in channel:
             self.metrics.gossip_in.labels("txs", "delivered").inc()
+
+    def _queue_gossip(self, raw: bytes) -> None:
+        self._gossip_out.append(raw)
+        self._gossip_out_bytes += len(raw)
+        self._gossip_wakeup.set()
+
+    async def _gossip_flusher(self) -> None:
+        """Publish queued transactions in batches: one gossip message per batch.
+
+        A pubsub message costs far more than a transaction (a libp2p signature,
+        framing, a seen-cache entry, validation at every hop), so a node under load
+        gossips its new transactions every `GOSSIP_BATCH_DELAY` seconds in messages of
+        up to `GOSSIP_BATCH_TXS` transactions instead of one by one.
+        """
+        while True:
+            await self._gossip_wakeup.wait()
+            self._gossip_wakeup = trio.Event()
+            if len(self._gossip_out) < GOSSIP_BATCH_TXS:
+                await trio.sleep(GOSSIP_BATCH_DELAY)  # let a batch gather
+            while self._gossip_out:
+                batch: list[bytes] = []
+                size = 0
+                while self._gossip_out and len(batch) < GOSSIP_BATCH_TXS:
+                    nxt = self._gossip_out[0]
+                    if batch and size + len(nxt) > GOSSIP_BATCH_BYTES:
+                        break
+                    batch.append(self._gossip_out.popleft())
+                    size += len(nxt)
+                self._gossip_out_bytes -= size
+                await self._publish(self.tx_topic, encode_tx_batch(batch))
 
     async def _consensus_gossip(self,
                                 channel: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
@@ -520,11 +616,13 @@ class Driver:
 
     async def _regossip_loop(self) -> None:
         while True:
-            await trio.sleep(REGOSSIP_INTERVAL / 2)
+            await trio.sleep(REGOSSIP_TICK)
             now = time.monotonic()
             self.mempool.expire(now)
-            for raw in self.mempool.due_for_gossip(now, REGOSSIP_INTERVAL, limit=2000):
-                await self._publish(self.tx_topic, raw)
+            if self._gossip_out_bytes > GOSSIP_QUEUE_BYTES:
+                continue  # new transactions first; repairs wait for a quieter moment
+            for raw in self.mempool.due_for_gossip(now):
+                self._queue_gossip(raw)
 
     # ---- block sync ------------------------------------------------------------------------
 
@@ -611,13 +709,14 @@ class Driver:
         reason = self._check_block(block)
         if reason is not None:
             return self.sync.on_apply_failed(now_ms(), h, reason)
+        started = time.perf_counter()
         try:
             self.ledger.commit(block, cert)
         except Exception as exc:
             log.exception("synced_block_commit_failed", height=h)
             return self.sync.on_apply_failed(now_ms(), h, str(exc))
         self.metrics.synced_blocks.inc()
-        self._after_commit(block, f"sync:{eff.peer}")
+        self._after_commit(block, cert, f"sync:{eff.peer}", time.perf_counter() - started)
         await self._execute(self._start_height(now_ms()))
         return self.sync.on_applied(now_ms(), h, block.hash(), self.ledger.validators_at(h + 1))
 

@@ -39,6 +39,10 @@ DEFAULT_MAX_PER_SIGNER = 5_000
 DEFAULT_MAX_NONCE_GAP = 1_000
 DEFAULT_MAX_AGE = 600.0
 """Seconds a transaction may wait before it is dropped (its author may resubmit)."""
+REGOSSIP_DELAY = 3.0
+"""Seconds after a gossip before an entry still pending is gossiped again (doubling)."""
+REGOSSIP_MAX_DELAY = 60.0
+REGOSSIP_BATCH = 200
 REMEMBERED_IDS = 50_000
 """Ids of refused and committed transactions remembered, so repeats cost no verification."""
 
@@ -66,7 +70,8 @@ class Entry:
     added: float
     seq: int
     source: str
-    gossiped: float = field(default=-1e18)
+    next_gossip: float = field(default=-1e18)
+    gossips: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,9 @@ class AddResult:
     reason: str | None = None
     tx: Transaction | None = None
     evicted: tuple[bytes, ...] = ()
+    state_dependent: bool = False
+    """Refused by the ledger's view of the committed state (a balance, a window, an
+    object not there yet): the same bytes may be accepted after the next block."""
 
     @property
     def ok(self) -> bool:
@@ -191,7 +199,7 @@ class Mempool:
         if reason is not None:
             # A state-dependent refusal (balance, window) may change with the next
             # block, so it is not remembered as final.
-            return AddResult("rejected", tx.id, reason)
+            return AddResult("rejected", tx.id, reason, state_dependent=True)
         size = len(tx.raw)
         evicted = self._make_room(size, tx)
         if evicted is None:
@@ -348,20 +356,50 @@ class Mempool:
             self._remove(txid)
         return old
 
-    def due_for_gossip(self, now: float, interval: float, limit: int = 1000) -> list[bytes]:
-        """Raw bytes of entries not gossiped for `interval` seconds (oldest first); marks them."""
-        due = [e for e in self._by_id.values() if now - e.gossiped >= interval]
-        due.sort(key=lambda e: e.seq)
+    def due_for_gossip(self, now: float, limit: int = REGOSSIP_BATCH) -> list[bytes]:
+        """Raw bytes of entries due for another gossip round; marks them gossiped.
+
+        Each entry is re-gossiped with exponential backoff (`mark_gossiped`), the ready
+        ones (next in their signer's nonce order) first, at most `limit` per call: a
+        re-gossip is a repair for a lost message, and an unbounded repair of a large
+        mempool would itself flood the network and starve consensus.
+        """
+        due = [e for e in self._by_id.values() if e.next_gossip <= now]
+        if not due:
+            return []
+        ready: dict[bytes, int] = {}
+
+        def rank(e: Entry) -> tuple[int, int]:
+            s = e.tx.signer
+            if s not in ready:
+                ready[s] = self.ledger.account_nonce(s) + 1
+            return (0 if e.tx.nonce == ready[s] else 1, e.seq)
+
+        due.sort(key=rank)
         out = []
         for e in due[:limit]:
-            e.gossiped = now
+            self._schedule_gossip(e, now)
             out.append(e.tx.raw)
         return out
 
-    def mark_gossiped(self, txid: bytes, now: float) -> None:
+    def mark_gossiped(self, txid: bytes, now: float, first_delay: float | None = None) -> None:
+        """Record a gossip of `txid` at `now`; the next one is due after a backoff.
+
+        `first_delay` overrides the delay after the first gossip (the driver uses a
+        longer one for transactions that arrived by gossip: their author's node is
+        already repairing them).
+        """
         e = self._by_id.get(txid)
         if e is not None:
-            e.gossiped = now
+            self._schedule_gossip(e, now, first_delay)
+
+    def _schedule_gossip(self, e: Entry, now: float, first_delay: float | None = None) -> None:
+        if e.gossips == 0 and first_delay is not None:
+            delay = first_delay
+        else:
+            delay = min(REGOSSIP_MAX_DELAY, REGOSSIP_DELAY * (2 ** min(e.gossips, 16)))
+        e.gossips += 1
+        e.next_gossip = now + delay
 
     def check_invariants(self) -> None:
         """For tests: the indexes agree and the byte count is exact."""

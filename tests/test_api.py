@@ -50,6 +50,16 @@ class Backend:
         self.submitted.append(raw)
         return {"id": "00" * 32, "status": "pending"}
 
+    async def submit_batch(self, raws: list[bytes]) -> list[dict[str, Any]]:
+        out = []
+        for raw in raws:
+            if raw == b"bad":
+                out.append({"id": "", "status": "rejected", "reason": "bad signature"})
+            else:
+                self.submitted.append(raw)
+                out.append({"id": raw.hex(), "status": "pending"})
+        return out
+
     async def sign_and_submit(self, kind: str, args: Mapping[str, Any]) -> dict[str, Any]:
         if kind != "account.transfer":
             raise api.bad_request(f"unknown kind {kind}")
@@ -132,7 +142,7 @@ async def test_oversized_body_refused(server: Server) -> None:
     await stream.send_all(head)
     chunk = b"%x\r\n" % 8192 + b" " * 8192 + b"\r\n"
     try:
-        for _ in range(api.MAX_BODY_BYTES // 8192 + 2):
+        for _ in range(api.MAX_BATCH_BODY_BYTES // 8192 + 2):
             await stream.send_all(chunk)
     except trio.BrokenResourceError:
         pass  # the server answered and closed while we were still sending
@@ -202,6 +212,21 @@ async def test_submit_and_wait(server: Server) -> None:
         assert r.status_code == 422
         assert r.json()["error"] == {"code": "rejected", "message": "bad signature (wrong key)"}
     assert server.backend.submitted == [b"\xab\xcd", b"\xab\xcd"]
+
+
+async def test_submit_batch(server: Server) -> None:
+    async with server.http() as h:
+        r = await h.post("/v1/txs", json={"txs": ["abcd", b"bad".hex(), "01"]})
+        assert r.status_code == 200
+        assert [x["status"] for x in r.json()["results"]] == ["pending", "rejected", "pending"]
+        for body in ({"txs": []}, {"txs": "ab"}, {"txs": ["ab"] * (api.MAX_BATCH + 1)},
+                     {"txs": ["zz"]}, {"txs": ["ab"], "wait": 3}):
+            r = await h.post("/v1/txs", json=body)
+            assert r.status_code == 400, body
+        big = {"tx": "ab" * (api.MAX_BODY_BYTES // 2 + 1)}  # a single one stays small
+        r = await h.post("/v1/txs", json=big)
+        assert r.status_code == 413
+    assert server.backend.submitted == [b"\xab\xcd", b"\x01"]
 
 
 async def test_metrics_endpoint(server: Server) -> None:

@@ -2,11 +2,11 @@
 
 The peer is `tests/net_peer.py` (a bare `node.net.Network` in its own process, driven
 over stdin/stdout) joined to the daemon's transaction and consensus topics. It first
-gossips one valid transaction (which commits: gossip in works from any peer), then
-malformed bytes, transactions signed for another commune or tampered with, and
-votes with bad signatures. The daemon's topic validators drop each before it can
-spread, nothing reaches the mempool or the ledger, and the peer's score crosses the
-ban threshold: the daemon cuts it off.
+gossips one valid transaction batch (which commits: gossip in works from any peer),
+then malformed bytes, batches holding transactions that are malformed, signed for
+another commune or tampered with, and votes with bad signatures. The daemon's topic
+validators drop each before it can spread, nothing reaches the mempool or the ledger,
+and the peer's score crosses the ban threshold: the daemon cuts it off.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from node.driver import topics
+from node.driver import encode_tx_batch, topics
 from protocol.crypto import SigningKey
 from protocol.proposal import encode_message
 from protocol.transactions import make_tx
@@ -99,7 +99,7 @@ def test_junk_gossip_dropped_and_peer_banned(
     member = d.key
     deposit = make_tx(member, chain_id, "treasury.deposit", 1,
                       {"account": member.public, "amount": 10, "reference": "via gossip"})
-    assert peer.call("publish", topic=tx_topic, data=deposit.raw.hex())["ok"]
+    assert peer.call("publish", topic=tx_topic, data=encode_tx_batch([deposit.raw]).hex())["ok"]
     wait_for("the gossiped transaction to commit", lambda: d.call(
         lambda c: c.get(f"tx/{deposit.id.hex()}"))["status"] == "committed")
     height = d.height()
@@ -113,9 +113,10 @@ def test_junk_gossip_dropped_and_peer_banned(
     forged_vote = Vote(PREVOTE, height + 1, 0, b"\x07" * 32, member.public, b"\x00" * 64)
     junk = [
         (tx_topic, b"\x00not msgpack at all"),
-        (tx_topic, b"\x81\xa4body\xc0"),
-        (tx_topic, other_chain.raw),
-        (tx_topic, bytes(tampered)),
+        (tx_topic, deposit.raw),  # a transaction, but not a batch of them
+        (tx_topic, encode_tx_batch([b"\x81\xa4body\xc0"])),
+        (tx_topic, encode_tx_batch([other_chain.raw])),
+        (tx_topic, encode_tx_batch([bytes(tampered)])),
         (consensus_topic, b"\x92\x01\x02"),
         (consensus_topic, encode_message(forged_vote)),
     ]

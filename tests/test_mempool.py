@@ -217,17 +217,34 @@ def test_conflicting_nonce_committed_elsewhere() -> None:
     assert mp.add(mine.raw, now=1).status == "rejected"
 
 
-def test_expire_and_regossip() -> None:
-    mp, _ = pool(max_age=60)
+def test_expire_and_regossip_with_backoff() -> None:
+    mp, _ = pool(max_age=600)
     old, new = transfer(KEYS[0], 1), transfer(KEYS[1], 1)
     mp.add(old.raw, now=0)
     mp.add(new.raw, now=50)
-    assert mp.due_for_gossip(now=50, interval=5) == [old.raw, new.raw]
-    assert mp.due_for_gossip(now=52, interval=5) == []
-    mp.mark_gossiped(new.id, 56)
-    assert mp.due_for_gossip(now=57, interval=5) == [old.raw]
-    assert mp.expire(now=61) == [old.id]
+    assert mp.due_for_gossip(now=50) == [old.raw, new.raw]  # never gossiped: due at once
+    assert mp.due_for_gossip(now=52) == []
+    assert mp.due_for_gossip(now=53) == [old.raw, new.raw]  # 3 s later
+    assert mp.due_for_gossip(now=58) == []  # then 6 s
+    assert mp.due_for_gossip(now=59) == [old.raw, new.raw]
+    mp.mark_gossiped(new.id, 59)
+    assert mp.due_for_gossip(now=71) == [old.raw]  # 12 s after 59; new backed off to 24 s
+    assert mp.expire(now=620) == [old.id]
     assert len(mp) == 1 and mp.get(new.id) is not None
+
+
+def test_regossip_first_delay_batch_and_ready_first() -> None:
+    mp, _ = pool()
+    gossiped = transfer(KEYS[0], 1)
+    mp.add(gossiped.raw, now=0, source="gossip")
+    mp.mark_gossiped(gossiped.id, 0, first_delay=12)
+    assert mp.due_for_gossip(now=11) == []
+    assert mp.due_for_gossip(now=12) == [gossiped.raw]
+    gapped, head = transfer(KEYS[1], 2), transfer(KEYS[2], 1)
+    mp.add(gapped.raw, now=13)
+    mp.add(head.raw, now=13)
+    assert mp.due_for_gossip(now=13, limit=1) == [head.raw]  # ready ones first
+    assert mp.due_for_gossip(now=13, limit=5) == [gapped.raw]
 
 
 def test_drop_remembers_reason() -> None:

@@ -427,7 +427,9 @@ def _call(home: Path | None, fn: Callable[[Any], T]) -> T:
     try:
         return fn(client)
     except ClientError as exc:
-        fail(exc.message, CLIENT_EXIT.get(exc.kind, Exit.FAILED))
+        message = f"transaction rejected: {exc.message}" if exc.kind == "rejected" \
+            else exc.message
+        fail(message, CLIENT_EXIT.get(exc.kind, Exit.FAILED))
     finally:
         client.close()
 

@@ -133,11 +133,11 @@ class Daemon:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
 
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait for a clean exit; returns the exit code."""
+    def stop(self, timeout: float = 30.0, sig: int = signal.SIGTERM) -> int:
+        """SIGTERM (or `sig`) and wait for a clean exit; returns the exit code."""
         assert self.proc is not None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
         return self.proc.wait(timeout=timeout)
 
     def running(self) -> bool:
@@ -159,15 +159,18 @@ def consensus_messages_sent(d: Daemon) -> float:
 
 
 def make_member_home(home: Path, key: SigningKey, p2p_port: int,
-                     bootstrap: Sequence[str] = ()) -> None:
+                     bootstrap: Sequence[str] = (),
+                     config: Mapping[str, Any] | None = None) -> None:
     keystore.create_key_file(Paths(home).key, PASSPHRASE, seed=key.seed(),
                              scrypt=CHEAP_SCRYPT)
     write_config(Paths(home).config, {"listen": [f"/ip4/127.0.0.1/tcp/{p2p_port}"],
-                                      "bootstrap": list(bootstrap), "log_level": "info"})
+                                      "bootstrap": list(bootstrap), "log_level": "info",
+                                      **(config or {})})
 
 
 def make_commune(tmp: Path, n: int, params: Mapping[str, int] | None = None,
-                 label: str = "daemon-test") -> tuple[list[Daemon], Genesis]:
+                 label: str = "daemon-test", config: Mapping[str, Any] | None = None
+                 ) -> tuple[list[Daemon], Genesis]:
     """`n` founders, each with a data directory holding its key, config and the genesis."""
     keys = [SigningKey.derive(label, str(i)) for i in range(n)]
     ports = [free_port() for _ in range(n)]
@@ -181,7 +184,7 @@ def make_commune(tmp: Path, n: int, params: Mapping[str, int] | None = None,
     daemons = []
     for i, k in enumerate(keys):
         home = tmp / f"member{i}"
-        make_member_home(home, k, ports[i])
+        make_member_home(home, k, ports[i], config=config)
         Paths(home).genesis.write_text(genesis.to_json())
         daemons.append(Daemon(f"member{i}", home, k, ports[i]))
     return daemons, genesis

@@ -8,15 +8,17 @@ a rejected transaction, a missing object.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.daemons import ROOT, Daemon, make_commune, running, wait_for
+from tests.daemons import ROOT, Daemon, free_port, make_commune, running, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -112,17 +114,24 @@ def test_second_daemon_on_same_home_refused(solo: Daemon) -> None:
 
 
 def test_stop_restart_and_kill(tmp_path: Path) -> None:
-    (d,), _ = make_commune(tmp_path, 1, label="daemon-restart")
+    metrics_port = free_port()
+    (d,), _ = make_commune(tmp_path, 1, label="daemon-restart",
+                           config={"metrics_enabled": True, "metrics_port": metrics_port})
     with running([d]):
         friend = "zCr5vdNV8gjqX551fGyqdAcNrmjGYYgu4T2kKxjNrWn9i"
         cli_json(d, "deposit", d.id, "100", "--reference", "r1")
         sent = cli_json(d, "transfer", friend, "7")
+        scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics")  # no token here
+        assert scrape.status_code == 200 and "commune_blocks_committed_total" in scrape.text
         h = d.height()
-        assert d.stop() == 0  # SIGTERM: clean exit
+        assert d.stop(sig=signal.SIGINT) == 0  # Ctrl-C: clean exit
         assert not d.paths.api_endpoint.exists() and not d.paths.pid.exists()
         down = cli(d, "status")
         assert down.returncode == 3 and "commune daemon --home" in down.stderr
 
+        d.start(extra_env={"COMMUNE_PASSPHRASE": "not the passphrase"})
+        assert d.proc is not None and d.proc.wait(timeout=60) == 4  # AUTH
+        assert "passphrase" in d.tail()
         d.start()
         d.wait_ready()
         assert d.height() >= h
@@ -171,3 +180,58 @@ def test_asset_lifecycle_with_automatic_reveal_and_claims(tmp_path: Path) -> Non
         a = d.call(lambda c: c.get(f"asset/{asset}"))
         assert a["owned"] == 1 and a["series"]["status"] == "redeemed"
         assert a["series"]["principal_paid"] == 6_000
+
+
+def test_auction_governance_and_treasury_commands(solo: Daemon) -> None:
+    """The remaining command groups, as a script would use them (--json, exit codes)."""
+    req = cli_json(solo, "asset", "request", "--description", "a kiln", "--price", "2000",
+                   "--rent", "300", "--term", "12", "--maturity", "10", "--max-rate-bps",
+                   "800", "--commit-seconds", "3600", "--reveal-seconds", "3600")
+    asset = req["id"]
+    assert req["status"] == "committed" and req["result"]["level_payment"] > 0
+    listed = cli_json(solo, "asset", "list")
+    assert asset in [a["id"] for a in listed]
+    if cli_json(solo, "balance")["balance"] < 1000:
+        cli_json(solo, "deposit", solo.id, "5000", "--reference", "for the bid")
+    bid = cli_json(solo, "bond", "bid", asset, "--amount", "1000", "--rate-bps", "400")
+    assert bid["status"] == "committed" and bid["kind"] == "bond.commit"
+    shown = cli_json(solo, "asset", "show", asset)
+    assert shown["status"] == "auction" and len(shown["auction"]["bids"]) == 1
+    assert shown["auction"]["bids"][0]["amount"] == 0  # sealed until the reveal window
+    assert (solo.home / "bids.jsonl").exists()
+    assert cli_json(solo, "bond", "list") == []  # no series before the auction clears
+    human = cli(solo, "asset", "show", asset)
+    assert human.returncode == 0 and "a kiln" in human.stdout
+
+    not_yet = cli(solo, "rent", "bid", asset, "--rent", "300", "--term", "12")
+    assert not_yet.returncode == 1 and "error:" in not_yet.stderr
+    no_rental = cli(solo, "rental", "end", asset)
+    assert no_rental.returncode == 1 and no_rental.stderr.startswith("error: transaction "
+                                                                     "rejected:")
+    nothing = cli(solo, "dividends", "claim")
+    assert nothing.returncode == 1 and "no unclaimed dividends" in nothing.stderr
+
+    prop = cli_json(solo, "proposal", "create", "--title", "longer votes",
+                    "--param", "voting_seconds=3600")
+    assert prop["status"] == "committed"
+    vote = cli_json(solo, "proposal", "vote", prop["id"], "--yes")
+    assert vote["status"] == "committed"
+    proposals = {p["id"]: p for p in cli_json(solo, "proposal", "list")}
+    assert proposals[prop["id"]]["status"] == "passed"  # one member: 1 of 1 > 2/3
+    assert cli(solo, "proposal", "create", "--title", "x").returncode == 2  # no change
+
+    wd = cli_json(solo, "withdraw", "100", "--reference", "IBAN XY")
+    assert wd["status"] == "committed"
+    paid = cli_json(solo, "treasury", "payout", wd["id"])
+    assert paid["status"] == "committed" and paid["result"]["executed"] == 1
+    treasury = cli_json(solo, "treasury", "show")
+    assert [w["status"] for w in treasury["withdrawals"] if w["id"] == wd["id"]] == ["paid"]
+    again = cli(solo, "approve", paid["id"])
+    assert again.returncode == 1 and "error: transaction rejected" in again.stderr
+    from protocol.crypto import SigningKey, id_text
+
+    payee = id_text(SigningKey.derive("daemon-test", "payee").public)
+    queued = cli_json(solo, "transfer", payee, "1", "--no-wait")
+    assert queued["status"] == "pending"
+    wait_for("the queued transfer", lambda: solo.call(
+        lambda c: c.get(f"tx/{queued['id']}"))["status"] == "committed")

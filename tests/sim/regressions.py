@@ -60,6 +60,15 @@ REGRESSIONS: list[dict[str, Any]] = [
          byzantine=((2, ("amnesia", "double_vote", "invalid_block")),), twin=None,
          outsider=(), loss=0.05, dup=0.1, replay=0.0, delay_ms=(1, 400), partitions=0,
          crashes=0, crash_modes=(), adversarial_timing=False),
+    dict(seed=50, size=4, note="catches a broken lock rule (agreement violated)",
+         joiner=False, remove=False, byzantine=((3, ("amnesia",)),), twin=None, outsider=(),
+         loss=0.3, dup=0.0, replay=0.0, delay_ms=(1, 20), partitions=0, crashes=0,
+         crash_modes=(), adversarial_timing=False, skew_ms=(-85,) * 4),
+    dict(seed=181, size=7, note="catches a broken lock rule (agreement violated)",
+         joiner=False, remove=False, byzantine=((2, ("amnesia",)), (5, ("amnesia",))),
+         twin=None, outsider=(), loss=0.3, dup=0.0, replay=0.0, delay_ms=(1, 20),
+         partitions=0, crashes=0, crash_modes=(), adversarial_timing=False,
+         skew_ms=(-23,) * 7),
 ]
 
 

@@ -7,7 +7,8 @@ the f+1 round skip, and step timeouts that grow with the round. Line numbers in 
 refer to Algorithm 1. Every validator has power 1 (DESIGN 5); the proposer of (h, r) is
 `ValidatorSet.proposer(h, r)`.
 
-Two refinements, both from Tendermint practice:
+Refinements, all from Tendermint practice (the last three each forced by a failure the
+simulator found):
 - Block time is the proposer's clock (DESIGN 5). As in Tendermint's proposer-based
   timestamps, a validator checks a *fresh* proposal (pol_round = -1) against its own
   clock when it receives it (`timely`: within `max_clock_drift`); a re-proposal carrying
@@ -16,6 +17,17 @@ Two refinements, both from Tendermint practice:
 - Round 0 of a height waits until transactions are available or `empty_block_interval`
   has passed since the previous block (DESIGN 5); a proposal arriving meanwhile is
   handled normally. Later rounds never wait.
+- Gossip is lossy, and Algorithm 1 assumes every message of a correct process eventually
+  arrives. So the engine resends its own messages of the current height when a step has
+  stalled for `rebroadcast_interval`, and a proposer re-proposing its valid value sends
+  the +2/3 prevotes of `pol_round` along (a `Broadcast` may carry others' votes).
+- A quorum counts distinct senders of *that* message: an equivocating validator's vote
+  counts for each value it signed (bounded to NIL and blocks we know), or honest nodes
+  that saw its other vote first could never accept a proof of lock that includes it.
+- A precommit's signing record carries the locked block and its +2/3 prevotes
+  (`LockProof`), so a restarted validator keeps its valid value as well as its lock;
+  with the lock alone, locked and unlocked honest validators can wait on each other
+  forever.
 
 Driver contract (the daemon over libp2p with real timers, the simulator in virtual time):
 - Construct one `ConsensusEngine` per process lifetime with the signing records found in
@@ -34,6 +46,10 @@ The signing guard: every proposal and vote is recorded as a `SignedRecord` keyed
 it holds a record for -- it resends the recorded message instead and follows the rules as
 if it had just cast it -- and on restart it restores its lock from its recorded
 precommits, so a restarted honest node is indistinguishable from one that never stopped.
+This holds as long as every record whose message was sent survives: a crash can only
+tear the record being appended, whose message was not sent yet (`protocol/wal.py`).
+Records of heights at or below the last committed one are no longer needed; a node
+may compact them away.
 """
 
 from __future__ import annotations

@@ -531,7 +531,8 @@ def daemon(home: Path | None, passphrase_file: Path | None) -> None:
     except node_config.ConfigError as exc:
         fail(str(exc), Exit.NOT_FOUND if "no config file" in str(exc) else Exit.USAGE)
     try:
-        passphrase = keystore.get_passphrase(passphrase_file or cfg.passphrase_file)
+        passphrase = keystore.get_passphrase(passphrase_file,
+                                             configured_file=cfg.passphrase_file)
         key = keystore.load_key(paths.key, passphrase)
     except keystore.KeystoreError as exc:
         fail(str(exc), Exit.AUTH)

@@ -429,7 +429,11 @@ async def run(home: Path, key: SigningKey, *, shutdown: trio.Event | None = None
         node = Node(paths, cfg, key, genesis, ledger, signing_log, records)
         log.info("starting", member=id_text(key.public), height=ledger.height,
                  chain_id=node.chain_id.hex(), signed_records=len(records))
-        await _serve(node, paths, cfg, shutdown, task_status)
+        try:
+            await _serve(node, paths, cfg, shutdown, task_status)
+        except Exception:
+            log.exception("crashed")
+            raise
     finally:
         paths.api_endpoint.unlink(missing_ok=True)
         if signing_log is not None:

@@ -2,8 +2,8 @@
 
 - agreement: a transaction sent to one node commits on every node, and every node
   holds the same block hash at every height;
-- the bank test: concurrent transfers between accounts while a node is killed with
-  SIGKILL and restarted; total money is conserved;
+- the bank test: concurrent transfers between accounts while one node, then another,
+  is killed with SIGKILL and restarted; total money is conserved;
 - the set test: every transaction a node acknowledged as committed is in every
   node's log, the killed one included, and nobody recorded equivocation evidence
   (a restarted node never signs twice);
@@ -158,13 +158,24 @@ def test_bank_and_set_with_kill_and_restart(cluster: list[Daemon]) -> None:
     victim.start()
     victim.wait_ready()
     bank.down.discard(2)
+    # A second crash, of another node, while transfers go on.
+    wait_for("transfers after the restart", lambda: len(bank.acknowledged) >= 3 * ACCOUNTS, 60)
+    second = cluster[1]
+    bank.down.add(1)
+    second.kill()
+    wait_for("transfers without the second victim",
+             lambda: len(bank.acknowledged) >= 4 * ACCOUNTS, 60)
+    second.start()
+    second.wait_ready()
+    bank.down.discard(1)
     for t in threads:
         t.join(timeout=120)
         assert not t.is_alive()
     assert len(bank.acknowledged) == ACCOUNTS * TRANSFERS_PER_ACCOUNT
 
     top = max(heights(cluster))
-    wait_for("the victim to catch up", lambda: victim.height() >= top, 60)
+    wait_for("the restarted nodes to catch up",
+             lambda: min(victim.height(), second.height()) >= top, 60)
     for d in cluster:
         assert bank.total(d) == ACCOUNTS * INITIAL, f"money not conserved on {d.name}"
     for txid in bank.acknowledged:  # the set test

@@ -297,7 +297,9 @@ class Driver:
         return True
 
     def validate_consensus_gossip(self, origin: str, data: bytes) -> bool:
-        """Structure and signature; whether the signer votes at that height is the engine's."""
+        """Structure and signature, and for heights whose validator set this node knows,
+        that the signer votes there: a key outside the set never has an honest reason to
+        sign consensus messages, so its messages stop at the first hop."""
         try:
             msg = decode_message(data)
         except MessageError:
@@ -311,10 +313,20 @@ class Driver:
             else:
                 ok = True
         else:
-            ok = msg.verify(self.chain_id)
+            signer = msg.proposer if isinstance(msg, Proposal) else msg.validator
+            ok = self._may_sign(signer, msg.height) and msg.verify(self.chain_id)
         if not ok:
             self.metrics.gossip_in.labels("consensus", "invalid").inc()
         return ok
+
+    def _may_sign(self, signer: bytes, height: int) -> bool:
+        known = self.ledger.height + 2
+        if not 1 <= height <= known:
+            return True  # a set not known yet (the engine buffers at most one height)
+        try:
+            return signer in self.ledger.validators_at(height)
+        except Exception:  # the ledger's window moved meanwhile: let the engine judge
+            return True
 
     # ---- running -----------------------------------------------------------------------
 
@@ -699,7 +711,10 @@ class Driver:
                 queue.extend(await self._apply_synced(eff))
             elif isinstance(eff, DropPeer):
                 log.warning("sync_peer_dropped", peer=eff.peer, reason=eff.reason)
-                self.net.penalize(eff.peer, eff.reason, 5.0)
+                if "timed out" not in eff.reason:
+                    # A slow peer is not a lying one (the sync machine rests it for a
+                    # while); a peer that sent invalid blocks loses network standing.
+                    self.net.penalize(eff.peer, eff.reason, 5.0)
 
     async def _apply_synced(self, eff: ApplyBlock) -> list[SyncEffect]:
         block, cert = eff.block, eff.certificate

@@ -4,7 +4,8 @@ The peer is `tests/net_peer.py` (a bare `node.net.Network` in its own process, d
 over stdin/stdout) joined to the daemon's transaction and consensus topics. It first
 gossips one valid transaction batch (which commits: gossip in works from any peer),
 then malformed bytes, batches holding transactions that are malformed, signed for
-another commune or tampered with, and votes with bad signatures. The daemon's topic
+another commune or tampered with, votes with bad signatures and votes well signed by
+a key that is not a validator. The daemon's topic
 validators drop each before it can spread, nothing reaches the mempool or the ledger,
 and the peer's score crosses the ban threshold: the daemon cuts it off.
 """
@@ -111,6 +112,7 @@ def test_junk_gossip_dropped_and_peer_banned(
                                  {"to": member.public, "amount": 5}).raw)
     tampered[-3] ^= 0x40
     forged_vote = Vote(PREVOTE, height + 1, 0, b"\x07" * 32, member.public, b"\x00" * 64)
+    outsider_vote = Vote.create(stranger, chain_id, PREVOTE, height + 1, 0, b"\x07" * 32)
     junk = [
         (tx_topic, b"\x00not msgpack at all"),
         (tx_topic, deposit.raw),  # a transaction, but not a batch of them
@@ -119,6 +121,7 @@ def test_junk_gossip_dropped_and_peer_banned(
         (tx_topic, encode_tx_batch([bytes(tampered)])),
         (consensus_topic, b"\x92\x01\x02"),
         (consensus_topic, encode_message(forged_vote)),
+        (consensus_topic, encode_message(outsider_vote)),  # well signed, not a validator
     ]
     sent = 0
     for _ in range(5):
@@ -134,7 +137,7 @@ def test_junk_gossip_dropped_and_peer_banned(
     invalid_txs = metric(d, 'commune_gossip_received_total{result="invalid",topic="txs"}')
     invalid_votes = metric(d,
                            'commune_gossip_received_total{result="invalid",topic="consensus"}')
-    assert invalid_txs >= 4 and invalid_votes >= 2
+    assert invalid_txs >= 4 and invalid_votes >= 3
     s = d.status()
     assert s["mempool_txs"] == 0 and s["peers"] == 0
     for bad in (other_chain.id.hex(),):

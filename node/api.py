@@ -11,8 +11,19 @@ preflight, which this API never grants, and the Host check defeats DNS rebinding
 The API is JSON in and JSON out. Errors always have the body
 `{"error": {"code": "<stable code>", "message": "<what went wrong>"}}`, so the CLI can
 print the message and pick an exit code from the code. Request bodies are bounded
-(`MAX_BODY_BYTES`) and read incrementally, so an oversized body is refused without
-being buffered.
+(`MAX_BODY_BYTES`; `MAX_BATCH_BODY_BYTES` for a batch of transactions) and read
+incrementally, so an oversized body is refused without being buffered; the token is
+checked before any body is read.
+
+Routes (all under /v1 except /metrics):
+  GET  status, peers, members, applications, account/{id}, assets, asset/{id}, bonds,
+       dividends?member=, proposals, treasury, block/{height|latest}, tx/{id}, params,
+       validators, state/{table}
+  POST txs           {"tx": hex, "wait": s} or {"txs": [hex, ...]} (signed elsewhere)
+  POST sign          {"kind", "args", "wait"}: the daemon signs with the member's key
+  POST actions/{n}   bond_bid, rent_bid, claim (need the key's derived salts)
+  GET  txs/{id}/wait?timeout=s
+  GET  /metrics      Prometheus text format
 
 The app knows nothing of ledgers or consensus: it routes to a `Backend` (the daemon
 implements it) and translates `ApiError`s. That keeps this module testable with real

@@ -17,9 +17,19 @@ decide everything; this module only carries out what they ask, with real I/O:
   we are `Behind`), blocks come back with their certificates, and each is applied
   through the same commit path as a consensus decision.
 
+Gossip (two topics per commune, `topics`): the consensus topic carries proposals,
+votes and evidence one per message; its validator checks structure, signature and,
+for heights whose validator set is known, that the signer votes there. The
+transaction topic carries *batches* of transactions (`encode_tx_batch`), because a
+pubsub message costs far more than a transaction; its validator admits each
+transaction to the mempool on the spot (one signature check per transaction) and
+rejects the batch -- dropping it and penalizing the forwarder -- only for bytes no
+honest node forwards.
+
 Nothing here relies on a single gossip message arriving: the engine rebroadcasts
-its own messages, the mempool is re-gossiped, and whatever consensus misses, sync
-fetches by request.
+its own messages, pending transactions are re-gossiped with backoff and within a
+budget (a repair must never become the flood that starves consensus), and whatever
+consensus misses, sync fetches by request.
 """
 
 from __future__ import annotations
@@ -91,12 +101,12 @@ GOSSIPED_FIRST_REPAIR = 12.0
 """Seconds before a node re-gossips a transaction it received by gossip (its author's
 node repairs first; this is the fallback if that node went away)."""
 SIGN_LOG_COMPACT_BYTES = 1 << 20
+"""Size of the signing log above which it is rewritten without committed heights."""
 SYNC_REQUEST_TIMEOUT = 10.0
-
-
 GOSSIP_BATCH_TXS = 500
 GOSSIP_BATCH_BYTES = 512 * 1024
 GOSSIP_BATCH_DELAY = 0.02
+"""Seconds a new transaction may wait for others to share its gossip message."""
 GOSSIP_QUEUE_BYTES = 8 * 1024 * 1024
 """Bytes waiting to be gossiped above which mempool repairs are skipped."""
 

@@ -891,6 +891,7 @@ def dividends(ctx: click.Context, member: str | None, home: Path | None,
               as_json: bool) -> None:
     """Dividends earned per period, and what is still unclaimed."""
     if ctx.invoked_subcommand is not None:
+        ctx.obj = {"home": home, "as_json": as_json}  # `dividends --home X claim` works too
         return
     who = member or id_text(require_key(resolve_paths(home)))
 
@@ -906,9 +907,13 @@ def dividends(ctx: click.Context, member: str | None, home: Path | None,
 @home_option
 @wait_options
 @json_option
-def dividends_claim(home: Path | None, wait: bool, wait_timeout: float, as_json: bool) -> None:
+@click.pass_context
+def dividends_claim(ctx: click.Context, home: Path | None, wait: bool, wait_timeout: float,
+                    as_json: bool) -> None:
     """Claim every unclaimed dividend now (the daemon also does it by itself)."""
-    _action(home, "claim", {}, wait, wait_timeout, as_json)
+    parent = ctx.obj or {}
+    _action(home or parent.get("home"), "claim", {}, wait, wait_timeout,
+            as_json or bool(parent.get("as_json")))
 
 
 @cli.group()

@@ -34,6 +34,7 @@ consensus misses, sync fetches by request.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
@@ -554,6 +555,7 @@ class Driver:
         self._last_commit_wall = now
         log.info("commit", height=h, hash=block.hash(), txs=len(txs), round=cert.round,
                  source=source, dropped=len(dropped), ms=round(seconds * 1000, 1))
+        self._follow_params()
         self._compact_signing_log(h)
         for hook in self.hooks.committed:
             try:
@@ -562,6 +564,25 @@ class Driver:
                 log.exception("commit_hook_failed", height=h)
         event, self._commit_event = self._commit_event, trio.Event()
         event.set()
+
+    def _follow_params(self) -> None:
+        """Governance may change `empty_block_interval` and `max_clock_drift` (DESIGN
+        6.10): the engine follows the committed values from the next height on."""
+        state = getattr(self.ledger, "state", None)
+        if state is None:
+            return
+        params = state.params()
+        cfg = self.engine.config
+        wanted = dataclasses.replace(
+            cfg,
+            empty_block_interval_ms=int(params.get("empty_block_interval",
+                                                   cfg.empty_block_interval_ms // 1000)) * 1000,
+            max_clock_drift_ms=int(params.get("max_clock_drift",
+                                              cfg.max_clock_drift_ms // 1000)) * 1000)
+        if wanted != cfg:
+            log.info("consensus_params", empty_block_interval_ms=wanted.empty_block_interval_ms,
+                     max_clock_drift_ms=wanted.max_clock_drift_ms)
+            self.engine.config = wanted
 
     def _compact_signing_log(self, committed: int) -> None:
         """Records of committed heights are never needed again (the engine starts above)."""

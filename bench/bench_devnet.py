@@ -85,6 +85,10 @@ WAIT_SECONDS = 30
 FOLLOW_POLL = 0.02
 """Seconds between block polls when the follower has no pending transaction to wait on."""
 CONNECTIONS_PER_NODE = 64
+SUBMIT_BATCH = 500
+"""Transactions per batch request (the API takes up to 1,000)."""
+BATCH_POSTS_PER_NODE = 2
+"""Batch requests on the wire to one node at a time."""
 PARAMS = {"empty_block_interval": 1, "max_clock_drift": 10, "period_seconds": 3600,
           "commit_seconds": 600, "reveal_seconds": 600}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -112,8 +116,9 @@ def machine() -> dict[str, Any]:
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "node", "ledger",
                                 "protocol"], cwd=ROOT, text=True, capture_output=True,
                                timeout=10).stdout.split("\n")
-        code = f"{head}" + (f" + {sum(1 for x in dirty if x.strip())} uncommitted files in "
-                            "node/ledger/protocol" if any(x.strip() for x in dirty) else "")
+        changed = sum(1 for x in dirty if x.strip())
+        code = (head or "not a git checkout") + (
+            f" + {changed} uncommitted files in node/ledger/protocol" if changed else "")
     except (OSError, subprocess.SubprocessError):
         code = "unknown"
     return {"code": code, "cpu": model, "cores": os.cpu_count() or 0,
@@ -166,6 +171,7 @@ class WorkerSpec:
     measure: float
     drain: float
     confirm: str
+    submit: str
 
 
 @dataclass
@@ -281,6 +287,65 @@ class LeanClient:
         self._idle.clear()
 
 
+class BatchSubmitter:
+    """Submissions to one node gathered into `POST /v1/txs {"txs": [...]}` requests.
+
+    Natural batching: whatever the accounts queued while the previous request was on
+    the wire goes in the next one (up to the API's limit), so a lightly loaded node
+    sees single transactions and a busy one large batches; the answer of each
+    transaction is handed back to its account as if it had been submitted alone.
+    """
+
+    def __init__(self, client: LeanClient) -> None:
+        self.client = client
+        self._queue: list[tuple[bytes, _Reply]] = []
+        self._wakeup = trio.Event()
+
+    async def submit(self, raw: bytes) -> tuple[int, Any]:
+        reply = _Reply()
+        self._queue.append((raw, reply))
+        self._wakeup.set()
+        await reply.done.wait()
+        if reply.failure is not None:
+            raise HttpFailure(reply.failure)
+        return reply.status, reply.doc
+
+    async def run(self) -> None:
+        while True:
+            while not self._queue:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+            batch, self._queue = self._queue[:SUBMIT_BATCH], self._queue[SUBMIT_BATCH:]
+            try:
+                status, doc = await self.client.post(
+                    "/v1/txs", {"txs": [raw.hex() for raw, _ in batch]})
+            except HttpFailure as exc:
+                for _, reply in batch:
+                    reply.failure = str(exc)
+                    reply.done.set()
+                continue
+            results = doc.get("results") if status == 200 and isinstance(doc, dict) else None
+            for k, (_, reply) in enumerate(batch):
+                if results is None:  # the whole request was refused: each gets its answer
+                    reply.status, reply.doc = status, doc
+                elif results[k].get("status") == "rejected":
+                    reply.status = 422
+                    reply.doc = {"error": {"message": str(results[k].get("reason"))}}
+                else:
+                    reply.status, reply.doc = 200, results[k]
+                reply.done.set()
+
+
+class _Reply:
+    __slots__ = ("done", "status", "doc", "failure")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.status = 0
+        self.doc: Any = None
+        self.failure: str | None = None
+
+
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     """Entry point of one generator process: derive keys, say ready, run when told."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when to stop
@@ -317,6 +382,9 @@ async def _worker(spec: WorkerSpec, keys: dict[int, SigningKey],
     clients = {n.index: LeanClient(n.url, n.token, CONNECTIONS_PER_NODE, WAIT_SECONDS + 30.0)
                for n in spec.nodes}
 
+    batches = None if spec.submit == "single" else {
+        ns.index: BatchSubmitter(clients[ns.index]) for ns in spec.nodes}
+
     async def resync_nonce(i: int, node: int) -> int:
         while True:
             try:
@@ -350,7 +418,10 @@ async def _worker(spec: WorkerSpec, keys: dict[int, SigningKey],
                 submitted_window += 1
                 sign_seconds += time.process_time() - c0
             try:
-                status, doc = await client.post("/v1/txs", body)
+                if batches is not None:
+                    status, doc = await batches[node].submit(tx.raw)
+                else:
+                    status, doc = await client.post("/v1/txs", body)
             except HttpFailure as exc:
                 errors[f"http: {str(exc)[:40]}"] += 1
                 waiting.pop(txid, None)
@@ -435,6 +506,9 @@ async def _worker(spec: WorkerSpec, keys: dict[int, SigningKey],
             if spec.confirm == "blocks":
                 for ns in spec.nodes:
                     nursery.start_soon(follow, ns.index)
+            for b in (batches or {}).values():
+                for _ in range(BATCH_POSTS_PER_NODE):
+                    nursery.start_soon(b.run)
             async with trio.open_nursery() as loads:
                 for i, node in spec.accounts:
                     loads.start_soon(account, i, node)
@@ -680,7 +754,7 @@ def load_phase(daemons: Sequence[Daemon], accounts: int,
             spec = WorkerSpec(
                 wi, chain_id, [NodeSpec(j, ends[j][0], ends[j][1], heights[j]) for j in mine],
                 [(i, i % n) for i in range(accounts) if (i % n) % w == wi],
-                args.warm, args.measure, args.drain, args.confirm)
+                args.warm, args.measure, args.drain, args.confirm, args.submit)
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=worker_main, args=(spec, child), daemon=True)
             proc.start()
@@ -779,7 +853,7 @@ def _figures(n: int, accounts: int, args: argparse.Namespace, win0: float,
                      for m0, m1 in zip(*metrics, strict=True)]
               for name, (metric, sel) in GOSSIP_COUNTERS.items()}
     return {
-        "nodes": n, "accounts": accounts, "confirm": args.confirm,
+        "nodes": n, "accounts": accounts, "confirm": args.confirm, "submit": args.submit,
         "workers": len(results), "measure_s": round(wall, 2), "heights": list(heights),
         "finalized_tps": txs / wall, "client_confirmed_tps": seen / wall,
         "latency_p50_s": percentile(lat, 0.50), "latency_p99_s": percentile(lat, 0.99),
@@ -821,15 +895,16 @@ def _row(r: dict[str, Any]) -> str:
 
 
 def print_report(mach: dict[str, Any], runs: Sequence[dict[str, Any]], sign_rate: float,
-                 confirm: str) -> None:
+                 args: argparse.Namespace) -> None:
     print()
     print(f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['os']}, Python "
           f"{mach['python']}; load average before: "
           + " ".join(f"{x:.2f}" for x in mach["load_before"]))
     print(f"Code: {mach['code']}" + (f"; daemon environment: {' '.join(mach['daemon_env'])}"
                                       if mach["daemon_env"] else ""))
-    print(f"Commit confirmation: {confirm}. Generator signing alone (make_tx, one process): "
-          f"{sign_rate:,.0f} transfers/CPU-s")
+    print(f"Submission: {args.submit}; commit confirmation: {args.confirm}; "
+          f"{args.warm:.0f} s warm-up, {args.measure:.0f} s measured per phase.")
+    print(f"Generator signing alone (make_tx, one process): {sign_rate:,.0f} transfers/CPU-s")
     print()
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "|".join("---:" for _ in COLUMNS) + "|")
@@ -861,6 +936,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="seconds after the window for the last transactions to confirm")
     ap.add_argument("--workers", type=int, default=1, help="generator processes")
     ap.add_argument("--confirm", choices=("blocks", "wait"), default="blocks")
+    ap.add_argument("--submit", choices=("batch", "single"), default="batch",
+                    help="POST /v1/txs with {'txs': [...]} gathered per node (default), or "
+                         "one request per transaction (always with --confirm wait)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy every daemon in the window")
     ap.add_argument("--daemon-env", metavar="NAME=VALUE", action="append", default=[],
                     help="environment for the daemons (e.g. library tuning knobs to compare)")
@@ -871,6 +949,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.nodes, args.accounts, args.warm, args.measure, args.drain = [4], [100], 5.0, 10.0, 15.0
+    if args.confirm == "wait":
+        args.submit = "single"  # the batch endpoint does not wait
     if min(args.accounts) < 2 or args.measure <= 0 or args.warm < 0:
         ap.error("need at least 2 accounts and a positive measured window")
     for item in args.daemon_env:
@@ -885,7 +965,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with stopping_on_sigterm():
         for n in args.nodes:
             runs.extend(run_cluster(n, args))
-    print_report(mach, runs, sign_rate, args.confirm)
+    print_report(mach, runs, sign_rate, args)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": mach, "sign_rate": sign_rate,
                                                "runs": runs}, indent=2, default=str))

@@ -37,7 +37,7 @@ by trio task, by function); the collapsed stacks stay in DIR. `--daemon-env NAME
 passes library knobs to the daemons for comparisons. Every daemon, generator and
 profiler started here is stopped on the way out, also on Ctrl-C, SIGTERM or failure.
 
-    .venv/bin/python bench/bench_devnet.py [--nodes 4 7] [--accounts 50 200 1000]
+    .venv/bin/python bench/bench_devnet.py [--nodes 4 7] [--accounts 100 400 1000 2000]
         [--warm S] [--measure S] [--drain S] [--workers N] [--confirm blocks|wait]
         [--profile DIR] [--daemon-env NAME=VALUE] [--keep] [--json FILE] [--quick]
 """
@@ -411,8 +411,7 @@ async def _worker(spec: WorkerSpec, keys: dict[int, SigningKey],
             body: dict[str, Any] = {"tx": tx.raw.hex()}
             if spec.confirm == "wait":
                 body["wait"] = WAIT_SECONDS
-            else:
-                waiting[txid] = w  # before submitting, so the follower cannot miss it
+            waiting[txid] = w  # before submitting, so the follower cannot miss it
             w.submitted = now = time.monotonic()
             if t_window <= now < t_stop:
                 submitted_window += 1
@@ -439,6 +438,7 @@ async def _worker(spec: WorkerSpec, keys: dict[int, SigningKey],
                 nonce = await resync_nonce(i, node)
                 continue
             if spec.confirm == "wait":
+                waiting.pop(txid, None)
                 state = doc.get("status")
                 if state == "committed":
                     out.confirmed.append((w.submitted, time.monotonic(), node))
@@ -927,7 +927,7 @@ def print_report(mach: dict[str, Any], runs: Sequence[dict[str, Any]], sign_rate
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", type=int, nargs="+", default=[4, 7])
-    ap.add_argument("--accounts", type=int, nargs="+", default=[50, 200, 1000],
+    ap.add_argument("--accounts", type=int, nargs="+", default=[100, 400, 1000, 2000],
                     help="load levels: accounts = transactions in flight (each level is "
                          "one phase on the same devnet)")
     ap.add_argument("--warm", type=float, default=30.0)

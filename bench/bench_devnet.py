@@ -69,7 +69,7 @@ sys.path.insert(0, str(ROOT))
 
 import trio  # noqa: E402
 
-from node.client import ClientError, read_token  # noqa: E402
+from node.client import Client, ClientError, read_token  # noqa: E402
 from protocol.crypto import SigningKey, id_text  # noqa: E402
 from protocol.transactions import make_tx  # noqa: E402
 from tests.daemons import Daemon, make_commune, running, wait_for  # noqa: E402
@@ -579,12 +579,19 @@ def fund(daemons: Sequence[Daemon], accounts: int) -> int:
                 tx = make_tx(FAUCET, chain_id, "account.transfer", i + 1,
                              {"to": account_key(i).public, "amount": FUNDS_PER_ACCOUNT})
                 last = client.submit(tx.raw)
-            done = client.wait_tx(last["id"], WAIT_SECONDS)
-            assert done.get("status") == "committed", done
+            done = wait_for(f"the faucet's transfer {start + FAUCET_WINDOW} to commit",
+                            _committed(client, last["id"]), 180)
             height = int(done["height"])
     for d in daemons:
         wait_for(f"{d.name} to reach height {height}", _at_least(d, height), 60)
     return height
+
+
+def _committed(client: Client, txid: str) -> Callable[[], dict[str, Any] | None]:
+    def check() -> dict[str, Any] | None:
+        status = client.wait_tx(txid, 10)
+        return status if status.get("status") == "committed" else None
+    return check
 
 
 def _at_least(d: Daemon, height: int) -> Callable[[], bool]:

@@ -57,10 +57,12 @@ Findings about py-libp2p 0.8.1 (measured on loopback; see tests/test_net.py):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +74,7 @@ from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.ed25519 import Ed25519PublicKey, create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.exceptions import ParseError
 from libp2p.host.basic_host import BasicHost
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.peer.id import ID
@@ -243,6 +246,33 @@ class _TunedQueues(dict[ID, RpcQueue]):
         super().__setitem__(peer_id, queue)
 
 
+class _GuardedTasks:
+    """A service manager whose `run_task` logs a failing task instead of failing the service."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def run_task(
+        self,
+        async_fn: Callable[..., Awaitable[Any]],
+        *args: Any,
+        daemon: bool = False,
+        name: str | None = None,
+    ) -> None:
+        label = name or getattr(async_fn, "__qualname__", repr(async_fn))
+
+        async def guarded(*call_args: Any) -> None:
+            try:
+                await async_fn(*call_args)
+            except Exception as error:
+                log.warning("pubsub task %s failed: %r", label, error)
+
+        self.inner.run_task(guarded, *args, daemon=daemon, name=label)
+
+
 class _Pubsub(Pubsub):
     """Pubsub that hands delivered messages to `deliver` instead of 32-slot channels."""
 
@@ -252,6 +282,7 @@ class _Pubsub(Pubsub):
         router: GossipSub,
         *,
         deliver: Callable[[rpc_pb2.Message], None],
+        on_malformed: Callable[[str, str], None],
         outbound_queue: int,
         max_rpc_size: int,
     ) -> None:
@@ -259,9 +290,97 @@ class _Pubsub(Pubsub):
         self.peer_queues = _TunedQueues(outbound_queue, max_rpc_size)
         self.counter = time.time_ns()  # seqnos never repeat across restarts
         self._deliver = deliver
+        self._on_malformed = on_malformed
+        self._write_locks: weakref.WeakKeyDictionary[INetStream, trio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         self._deliver(publish_message)
+
+    @property
+    def manager(self) -> Any:
+        """The service manager, with every short-lived task it starts guarded.
+
+        Pubsub spawns a task per inbound message, per subscription and per peer
+        event; one that raises fails the whole service, and with it the host
+        and the daemon (a ban racing a dead stream did: `_teardown_if_connected`
+        raised KeyError). Such tasks are per-event work: a failure is logged and
+        costs that event only. Long-lived daemon tasks stay unguarded.
+        """
+        inner = self._manager
+        guard = self.__dict__.get("_guard")
+        if guard is None or guard.inner is not inner:
+            guard = self.__dict__["_guard"] = _GuardedTasks(inner)
+        return guard
+
+    async def _teardown_if_connected(self, peer_id: ID) -> None:
+        """The library's version deletes the peer after an await, racing `_handle_dead_peer`."""
+        stream = self.peers.get(peer_id)
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            self._handle_dead_peer(peer_id)
+        self._forget_all_subscriptions(peer_id)
+
+    async def continuously_read_stream(self, stream: INetStream) -> None:
+        """The library resets a stream whose length prefix is not a varint; we also ban."""
+        try:
+            await super().continuously_read_stream(stream)
+        except ParseError as error:
+            self._on_malformed(
+                stream.muxed_conn.peer_id.to_base58(), f"malformed pubsub frame: {error}"
+            )
+            raise
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        """Read one peer's pubsub stream; whatever it sends, only that stream fails.
+
+        The library's reader lets a protobuf DecodeError (and anything else it
+        does not expect) escape into the swarm's nursery, which takes the whole
+        host down: six bytes of garbage from any connected peer would stop the
+        daemon. Here such a stream is reset and its peer reported.
+        """
+        try:
+            await super().stream_handler(stream)
+        except Exception as error:
+            peer_id = stream.muxed_conn.peer_id
+            log.warning("pubsub stream from %s dropped: %r", peer_id, error)
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            self._handle_dead_peer(peer_id)
+            self._on_malformed(peer_id.to_base58(), f"malformed pubsub stream: {error!r}")
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        """Write one RPC whole, or reset the stream.
+
+        Two writers share each peer's stream: the per-peer send queue and
+        GossipSub's direct writes (flushing pending and recent messages). Yamux
+        serializes frames of at most 64 KiB, not messages, so two large RPCs
+        could interleave and the reader would see garbage; a per-stream lock
+        keeps each message contiguous. A write that fails midway (Yamux gives
+        up after 5 s without window) leaves part of a message on the stream, so
+        the stream is reset rather than reused.
+        """
+        lock = self._write_locks.get(stream)
+        if lock is None:
+            lock = self._write_locks[stream] = trio.Lock()
+        async with lock:
+            try:
+                return await super().write_msg(stream, rpc_msg)
+            except BaseException as error:
+                peer_id = stream.muxed_conn.peer_id
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(1.0),
+                    contextlib.suppress(Exception),
+                ):
+                    await stream.reset()
+                self._handle_dead_peer(peer_id)
+                if not isinstance(error, Exception):
+                    raise  # cancellation goes on
+                log.debug("write to %s failed, stream reset: %r", peer_id, error)
+                return False
 
 
 class _Notifee(INotifee):
@@ -610,6 +729,7 @@ class Network:
             host,
             router,
             deliver=self._deliver,
+            on_malformed=self._on_malformed_stream,
             outbound_queue=self.limits.outbound_queue,
             max_rpc_size=self.limits.max_message_size + RPC_OVERHEAD,
         )
@@ -720,6 +840,10 @@ class Network:
                     log.warning("subscriber of %s too slow: messages dropped", topic)
             except trio.BrokenResourceError:
                 pass  # the consumer closed its channel
+
+    def _on_malformed_stream(self, peer_id: str, reason: str) -> None:
+        """A peer that breaks the pubsub wire format is broken or hostile: ban it."""
+        self.penalize(peer_id, reason, self.limits.ban_threshold)
 
     def _wrap_validator(
         self, topic: str, validator: Validator

@@ -27,6 +27,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from libp2p.custom_types import TProtocol  # noqa: E402
+from libp2p.peer.id import ID  # noqa: E402
+
 from node.net import NetLimits, Network, NetworkError  # noqa: E402
 from protocol.crypto import SigningKey  # noqa: E402
 from protocol.encoding import decode, encode  # noqa: E402
@@ -164,7 +167,22 @@ class Peer:
             except NetworkError as error:
                 return {"failed": error.reason, "detail": error.detail}
             return {"length": len(reply), "data": reply[:256].hex()}
+        if name == "raw_stream":
+            return await self.raw_stream(cmd["peer"], cmd["protocol"], bytes.fromhex(cmd["data"]))
         raise ValueError(f"unknown command {name!r}")
+
+    async def raw_stream(self, peer: str, protocol: str, data: bytes) -> dict[str, Any]:
+        """Open a stream of `protocol` to `peer`, write `data` as is, and leave it open.
+
+        This bypasses everything `Network` does to speak a protocol correctly: it is
+        how a test plays a peer whose wire bytes are broken.
+        """
+        host = self.net._host
+        if host is None:
+            raise ValueError("network not running")
+        stream = await host.new_stream(ID.from_base58(peer), [TProtocol(protocol)])
+        await stream.write(data)
+        return {}
 
     def store_published(self, topic: str, data: bytes) -> None:
         parts = data.split(b":", 3)

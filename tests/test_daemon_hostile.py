@@ -145,3 +145,32 @@ def test_junk_gossip_dropped_and_peer_banned(
         assert status in ("rejected", "unknown"), status
     wait_for("blocks to go on", lambda: d.height() > height + 1)
     assert d.status()["evidence_recorded"] == 0
+
+
+@pytest.mark.parametrize("frame", [
+    b"\x06\xff\xff\xff\xff\xff\xff",  # a length-prefixed frame that is not protobuf
+    b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",  # a length prefix that never ends
+], ids=["bad-protobuf", "bad-varint"])
+def test_broken_pubsub_wire_bytes_cost_the_peer_not_the_daemon(
+        setup: tuple[Daemon, HostilePeer, tuple[str, str], bytes], frame: bytes) -> None:
+    """Garbage on the gossipsub stream itself, below any topic validator.
+
+    py-libp2p's reader let a protobuf DecodeError escape into the swarm and the
+    daemon exited (found by the node benchmark): any connected peer could stop
+    any member. The stream must fail alone and its peer be cut off.
+    """
+    d, peer, (tx_topic, _), _ = setup
+    daemon_peer_id = d.status()["peer_id"]
+    assert peer.call("wait_topic_peers", topic=tx_topic, peers=[daemon_peer_id])["ok"]
+    height = d.height()
+    reply = peer.call("raw_stream", peer=daemon_peer_id, protocol="/meshsub/1.1.0",
+                      data=frame.hex())
+    assert reply["ok"], reply
+    banned = peer.call("wait_disconnected", peer=daemon_peer_id, timeout=60)
+    assert banned["ok"], banned
+    assert d.running(), "the daemon exited:\n" + d.tail()
+    wait_for("blocks to go on", lambda: d.height() > height + 1)
+    assert d.status()["peers"] == 0
+    log = d.tail(100_000)
+    ban = next((line for line in log.splitlines() if "ban " + peer.info["peer_id"] in line), "")
+    assert "malformed pubsub" in ban, log[-3000:]

@@ -14,7 +14,9 @@ from typing import Any
 from ledger.execute import BlockRejected
 from ledger.genesis import Founder, Genesis
 from ledger.ledger import Ledger
-from ledger.rules import Rules
+from ledger.modules import MODULES
+from ledger.money import add_arrears, add_common_income, debit
+from ledger.rules import Exec, Rules, TxRejected
 from protocol.block import Block
 from protocol.crypto import SigningKey
 from protocol.transactions import Transaction, make_tx
@@ -41,6 +43,31 @@ def make_genesis(founders: int = 3, *, signers: int | None = None, threshold: in
         treasury_threshold=n_signers if threshold is None else threshold,
         genesis_time_ms=genesis_time_ms, params=params)
     return g, keys
+
+
+def rent_stand_in_rules(lessee: bytes, rent: int, kind: str = "test-rent",
+                        reference: bytes = b"asset") -> Rules:
+    """Every module, plus a stand-in for the assets module's rent step.
+
+    At each period close `lessee` pays `rent` into the common income, or owes it
+    as arrears (of `kind`, paid into the common income when settled). Tests of
+    membership, treasury and dividends use it to have income without assets.
+    """
+
+    def charge(ex: Exec, period: int) -> None:
+        try:
+            debit(ex, lessee, rent)
+        except TxRejected:
+            add_arrears(ex, lessee, rent, kind, reference)
+            return
+        add_common_income(ex, rent)
+
+    rules = Rules()
+    for m in MODULES:
+        m.install(rules)
+    rules.arrears_payee(kind, lambda ex, debtor, ref, amount: add_common_income(ex, amount))
+    rules.on_period_close(100, "test rent", charge)
+    return rules.freeze()
 
 
 class Harness:

@@ -6,9 +6,9 @@ import pytest
 
 from ledger.execute import close_periods
 from ledger.modules import MODULES
-from ledger.money import add_arrears, add_common_income, credit, debit
-from ledger.rules import Exec, Rules, TxRejected
-from ledger.testing import Harness, key, make_genesis
+from ledger.money import add_arrears, add_common_income, credit
+from ledger.rules import Exec, Rules
+from ledger.testing import Harness, key, make_genesis, rent_stand_in_rules
 
 A = key("outsider", "a")
 B = key("outsider", "b")
@@ -16,23 +16,8 @@ LESSEE = key("lessee")
 RENT = 250
 
 
-def _charge(ex: Exec, period: int) -> None:
-    """A stand-in for the assets module's rent step: common income or arrears."""
-    try:
-        debit(ex, LESSEE.public, RENT)
-    except TxRejected:
-        add_arrears(ex, LESSEE.public, RENT, "test-rent", b"asset")
-        return
-    add_common_income(ex, RENT)
-
-
 def rent_rules() -> Rules:
-    rules = Rules()
-    for m in MODULES:
-        m.install(rules)
-    rules.arrears_payee("test-rent", lambda ex, debtor, ref, amount: add_common_income(ex, amount))
-    rules.on_period_close(100, "test rent", _charge)
-    return rules.freeze()
+    return rent_stand_in_rules(LESSEE.public, RENT)
 
 
 def rent_harness(founders: int = 3) -> Harness:

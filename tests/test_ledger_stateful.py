@@ -24,11 +24,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from ledger.execute import BlockRejected
-from ledger.modules import MODULES
-from ledger.money import add_arrears, add_common_income, debit
 from ledger.replay import replay
-from ledger.rules import Exec, Rules, TxRejected
-from ledger.testing import Harness, key, make_genesis
+from ledger.testing import Harness, key, make_genesis, rent_stand_in_rules
 from protocol.crypto import SigningKey
 from protocol.merkle import merkle_root
 from protocol.transactions import Transaction, decode_tx
@@ -37,25 +34,7 @@ LESSEE = key("stateful", "lessee")
 RENT = 120
 
 
-def _rent(ex: Exec, period: int) -> None:
-    try:
-        debit(ex, LESSEE.public, RENT)
-    except TxRejected:
-        add_arrears(ex, LESSEE.public, RENT, "rent", b"")
-        return
-    add_common_income(ex, RENT)
-
-
-def _rules() -> Rules:
-    rules = Rules()
-    for m in MODULES:
-        m.install(rules)
-    rules.arrears_payee("rent", lambda ex, debtor, ref, amount: add_common_income(ex, amount))
-    rules.on_period_close(100, "rent", _rent)
-    return rules.freeze()
-
-
-RULES = _rules()
+RULES = rent_stand_in_rules(LESSEE.public, RENT, "rent", b"")
 AMOUNT_CHOICES = [1, 7, 50, 120, 333, 1000, 5000]
 
 

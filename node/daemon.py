@@ -311,9 +311,19 @@ class Node:
                 await self.driver.commit_happened()
 
     def tx_status(self, txid: bytes) -> dict[str, Any]:
+        """`queries.tx_status`, with where and whether finally a transaction was refused.
+
+        A rejection that is not final (the state may change: a balance, a window, a full
+        pool) says so, because resubmitting the same signed bytes may then succeed.
+        """
         from node import queries
 
-        return queries.tx_status(self, txid)
+        out = queries.tx_status(self, txid)
+        if out["status"] == "rejected":
+            rejection = self.mempool.rejection(txid)
+            if rejection is not None:
+                out.update(rejection.to_json())
+        return out
 
 
 class LedgerAdapter:

@@ -19,6 +19,13 @@ rest of the touched signers against the new state, dropping what the block made
 invalid; what remains is offered for re-gossip (`due_for_gossip`), because nothing
 may depend on a single gossip message arriving.
 
+Whatever leaves the pool without being committed -- refused at admission, skipped by
+the block builder, dropped by a recheck, evicted, expired -- leaves its reason behind
+(`rejection`), in bounded memory, so a client waiting on its transaction learns why
+instead of hearing "unknown". Only refusals that can never change (a bad signature, a
+used nonce) also short-circuit later copies of the same bytes; the others are history
+for reporting, and the same bytes may be admitted again once the state allows.
+
 This is plain synchronous data: the driver calls it from the trio loop.
 """
 
@@ -45,6 +52,9 @@ REGOSSIP_MAX_DELAY = 60.0
 REGOSSIP_BATCH = 200
 REMEMBERED_IDS = 50_000
 """Ids of refused and committed transactions remembered, so repeats cost no verification."""
+REMEMBERED_REJECTIONS = 10_000
+"""Ids (with the reason) of transactions that left the pool uncommitted, for reporting."""
+MAX_REASON_CHARS = 300
 
 
 class LedgerView(Protocol):
@@ -72,6 +82,27 @@ class Entry:
     source: str
     next_gossip: float = field(default=-1e18)
     gossips: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a transaction is not (or no longer) in the pool, and whether that is final.
+
+    `stage`: "admission" (refused on arrival), "block" (the block builder skipped it),
+    "recheck" (a committed block made it invalid), "evicted" (the pool was full),
+    "expired" (it waited longer than the pool keeps anything). `final`: the same bytes
+    can never apply (resubmitting them is pointless; sign a new transaction).
+    """
+
+    reason: str
+    stage: str
+    final: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {"reason": self.reason, "stage": self.stage, "final": self.final}
+
+
+STAGES = ("admission", "block", "recheck", "evicted", "expired")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +144,7 @@ class Mempool:
         self._bytes = 0
         self._seq = 0
         self._refused: OrderedDict[bytes, str] = OrderedDict()
+        self._rejections: OrderedDict[bytes, Rejection] = OrderedDict()
         self._committed: OrderedDict[bytes, None] = OrderedDict()
 
     # ---- inspection ---------------------------------------------------------------------
@@ -148,7 +180,22 @@ class Mempool:
         return self._by_id.keys()
 
     def refused_reason(self, txid: bytes) -> str | None:
-        return self._refused.get(txid)
+        """Why `txid` was refused or dropped (see `rejection`), or None if not remembered."""
+        r = self.rejection(txid)
+        return None if r is None else r.reason
+
+    def rejection(self, txid: bytes) -> Rejection | None:
+        """The latest reason `txid` left (or never entered) the pool uncommitted.
+
+        None when it is pending, committed, or was never seen or long forgotten (the
+        record is bounded: the last `REMEMBERED_REJECTIONS` ids).
+        """
+        if txid in self._by_id or txid in self._committed:
+            return None
+        return self._rejections.get(txid)
+
+    def rejections_remembered(self) -> int:
+        return len(self._rejections)
 
     def was_committed(self, txid: bytes) -> bool:
         return txid in self._committed
@@ -156,7 +203,7 @@ class Mempool:
     # ---- admission ----------------------------------------------------------------------
 
     def add(self, raw: bytes, now: float, source: str = "api") -> AddResult:
-        if len(raw) > MAX_TX_BYTES:
+        if len(raw) > MAX_TX_BYTES:  # not remembered: its id is not even the real one
             return AddResult("rejected", sha256(raw[:MAX_TX_BYTES + 1]),
                              f"transaction is {len(raw)} bytes, over {MAX_TX_BYTES}")
         txid = sha256(raw)
@@ -182,40 +229,56 @@ class Mempool:
         if tx.nonce in chain:
             # No replacement: there are no fees to outbid with, and letting a second
             # transaction with the same nonce in would let gossip order decide.
-            # Not remembered: it may become valid if the pending one is evicted.
-            return AddResult("rejected", tx.id,
-                             f"nonce {tx.nonce} is taken by pending transaction "
-                             f"{chain[tx.nonce].hex()}")
+            # Not final: it may become valid if the pending one is evicted.
+            return self._reject(tx.id, f"nonce {tx.nonce} is taken by pending transaction "
+                                       f"{chain[tx.nonce].hex()}", "admission")
         if tx.nonce - committed > self.max_nonce_gap:
-            return AddResult("rejected", tx.id,
-                             f"nonce {tx.nonce} is too far ahead of the account's last "
-                             f"nonce {committed}")
+            return self._reject(tx.id, f"nonce {tx.nonce} is too far ahead of the account's "
+                                       f"last nonce {committed}", "admission")
         if len(chain) >= self.max_per_signer:
-            return AddResult("rejected", tx.id,
-                             f"signer already has {len(chain)} pending transactions")
+            return self._reject(tx.id, f"signer already has {len(chain)} pending "
+                                       "transactions", "admission")
         # Checked as if every lower nonce were in place: a gapped transaction is held
         # for its gap to fill, and the block builder rechecks everything in order.
         reason = self.ledger.check_tx(tx, tx.nonce - 1)
         if reason is not None:
             # A state-dependent refusal (balance, window) may change with the next
             # block, so it is not remembered as final.
-            return AddResult("rejected", tx.id, reason, state_dependent=True)
+            return self._reject(tx.id, reason, "admission", state_dependent=True)
         size = len(tx.raw)
         evicted = self._make_room(size, tx)
         if evicted is None:
-            return AddResult("rejected", tx.id, "mempool full")
+            return self._reject(tx.id, "mempool full", "admission")
+        self._rejections.pop(tx.id, None)
         self._seq += 1
         self._by_id[tx.id] = Entry(tx, size, now, self._seq, source)
         self._by_signer.setdefault(tx.signer, {})[tx.nonce] = tx.id
         self._bytes += size
         return AddResult("added", tx.id, tx=tx, evicted=tuple(evicted))
 
-    def _refuse(self, txid: bytes, reason: str) -> AddResult:
+    def _refuse(self, txid: bytes, reason: str, stage: str = "admission") -> AddResult:
+        """A final refusal: remembered so that later copies cost no verification."""
         self._refused[txid] = reason
         self._refused.move_to_end(txid)
         while len(self._refused) > REMEMBERED_IDS:
             self._refused.popitem(last=False)
+        self._record(txid, reason, stage, final=True)
         return AddResult("rejected", txid, reason)
+
+    def _reject(self, txid: bytes, reason: str, stage: str,
+                state_dependent: bool = False) -> AddResult:
+        """A refusal that may not hold later: recorded for reporting only."""
+        self._record(txid, reason, stage, final=False)
+        return AddResult("rejected", txid, reason, state_dependent=state_dependent)
+
+    def _record(self, txid: bytes, reason: str, stage: str, final: bool) -> None:
+        assert stage in STAGES, stage
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[:MAX_REASON_CHARS - 1] + "…"
+        self._rejections[txid] = Rejection(reason, stage, final)
+        self._rejections.move_to_end(txid)
+        while len(self._rejections) > REMEMBERED_REJECTIONS:
+            self._rejections.popitem(last=False)
 
     def _make_room(self, size: int, incoming: Transaction) -> list[bytes] | None:
         """Evict until `size` more bytes and one more entry fit; None if `incoming` loses."""
@@ -225,6 +288,8 @@ class Mempool:
             if victim is None:
                 return None
             self._remove(victim)
+            self._record(victim, "evicted: the mempool was full; submit it again later",
+                         "evicted", final=False)
             evicted.append(victim)
         return evicted
 
@@ -294,7 +359,7 @@ class Mempool:
             if txid in self._by_id:
                 self._remove(txid)
                 dropped.append(txid)
-            self._refuse(txid, reason)
+            self._refuse(txid, reason, "block")
         return dropped
 
     # ---- after a commit -----------------------------------------------------------------
@@ -332,7 +397,7 @@ class Mempool:
             if n <= committed:
                 self._remove(txid)
                 dropped[txid] = f"nonce {n} was used by another committed transaction"
-                self._refuse(txid, dropped[txid])
+                self._refuse(txid, dropped[txid], "recheck")
         pending = committed
         chain = self._by_signer.get(signer, {})
         for n in sorted(chain):
@@ -345,6 +410,7 @@ class Mempool:
                 # will be evicted first or expire.
                 self._remove(txid)
                 dropped[txid] = reason
+                self._record(txid, reason, "recheck", final=False)
                 break
             pending = n
         return dropped
@@ -354,6 +420,9 @@ class Mempool:
         old = [txid for txid, e in self._by_id.items() if now - e.added > self.max_age]
         for txid in old:
             self._remove(txid)
+            self._record(txid, f"expired: waited over {self.max_age:.0f} s in the mempool "
+                               "without being included (a nonce gap, or no blocks); submit "
+                               "it again", "expired", final=False)
         return old
 
     def due_for_gossip(self, now: float, limit: int = REGOSSIP_BATCH) -> list[bytes]:
@@ -405,6 +474,7 @@ class Mempool:
         """For tests: the indexes agree and the byte count is exact."""
         assert self._bytes == sum(e.size for e in self._by_id.values())
         assert len(self._by_id) <= self.max_txs and self._bytes <= self.max_bytes
+        assert len(self._rejections) <= REMEMBERED_REJECTIONS
         n = 0
         for signer, chain in self._by_signer.items():
             assert chain, "empty chain kept"

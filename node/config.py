@@ -260,6 +260,9 @@ SETTINGS: tuple[Setting, ...] = (
             "File holding the key passphrase, for unattended daemon start (mode 0600).\n"
             "Empty: use $COMMUNE_PASSPHRASE, else ask on the terminal.\n"
             "A relative path is relative to the data directory."),
+    Setting("daemon", "stop_timeout", "stop_timeout", 15, _is_int(1, 600),
+            "Seconds a graceful stop (SIGINT/SIGTERM) may take before the daemon exits\n"
+            "anyway, at a point where no write is half done. A second signal exits at once."),
 )
 
 SECTION_COMMENTS = {
@@ -269,6 +272,7 @@ SECTION_COMMENTS = {
     "log": "",
     "dividends": "",
     "keys": "",
+    "daemon": "",
 }
 
 
@@ -286,6 +290,7 @@ class Config:
     log_level: str
     auto_claim: bool
     passphrase_file: Path | None
+    stop_timeout: int
 
     @classmethod
     def defaults(cls, home: Path | None = None) -> Config:

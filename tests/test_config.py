@@ -177,7 +177,8 @@ def test_round_trip_of_every_setting_through_the_template(tmp_path: Path) -> Non
     overrides = {"listen": ["/ip4/127.0.0.1/tcp/4100", "/ip6/::1/tcp/4100"],
                  "bootstrap": [PEER], "api_host": "::1", "api_port": 8100,
                  "metrics_enabled": True, "metrics_host": "0.0.0.0", "metrics_port": 9100,
-                 "log_level": "warning", "auto_claim": False, "passphrase_file": "/run/pw"}
+                 "log_level": "warning", "auto_claim": False, "passphrase_file": "/run/pw",
+                 "stop_timeout": 42}
     assert set(overrides) == config_fields()
     c = parse_config(render_config(overrides), home=tmp_path)
     expected = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}

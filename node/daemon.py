@@ -13,9 +13,17 @@ outlives the daemon):
 2. Run: the libp2p network, the consensus driver (engine, timers, block sync), the
    member's own automatic actions, the control API on loopback (and the metrics
    endpoint if enabled). Once the API listens, its address goes to `api.json`.
-3. Stop on SIGINT/SIGTERM: cancel the nursery. Ledger commits and signing-log appends
-   are synchronous, so a cancellation never lands in the middle of one; the API
-   stops, connections close, `api.json` is removed, the lock is released.
+3. Stop on SIGINT/SIGTERM (`Stopper`): cancel the nursery. Ledger commits and
+   signing-log appends are synchronous, so a cancellation never lands in the middle
+   of one; the API stops, connections close, `api.json` is removed, the lock is
+   released; exit code 0. Signals stay handled until the very end, so a second one
+   never meets a default handler (which would kill the process, or raise
+   KeyboardInterrupt anywhere, mid-write). A second signal is logged
+   (`already_stopping`) and ends the daemon at once at a safe point (exit code 130);
+   a stop that takes longer than `[daemon] stop_timeout` ends the same way (exit
+   code 1), and if even that cannot run because the event loop is stuck in a
+   synchronous call, a watchdog thread exits the process: as far as the files are
+   concerned that is a `kill -9`, which the next start recovers from.
 
 Crash recovery needs no special path: after `kill -9` the ledger holds every block it
 said it committed, the signing log holds everything that was sent, the engine starts
@@ -25,10 +33,14 @@ the others committed meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import json
+import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -53,6 +65,18 @@ log = get_logger("daemon")
 
 STATE_RETRY_SECONDS = 1.5
 """How long an API submission refused by the committed state waits for newer blocks."""
+
+EXIT_FORCED = 130
+"""Exit code when a second signal ended the stop before it finished (as Ctrl-C twice)."""
+EXIT_STOP_TIMEOUT = 1
+"""Exit code when the graceful stop overran `stop_timeout`."""
+FORCE_WAIT_SECONDS = 2.0
+"""How long the watchdog waits for the event loop to run the safe exit before exiting
+from its own thread."""
+SLOW_STOP_ENV = "COMMUNE_TEST_SLOW_STOP"
+"""Fault injection for tests only: "N" makes the graceful stop wait N seconds (the event
+loop keeps running), "block:N" blocks the event loop N seconds while stopping."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class DaemonError(Exception):
@@ -418,9 +442,154 @@ def open_signing_log(paths: Paths) -> tuple[SigningLog, list[SignedRecord]]:
     return signing_log, records
 
 
+class Resources:
+    """What the daemon must release on any way out; `close` is idempotent.
+
+    Called from the trio thread only: at the end of `run`, or by a forced stop from a
+    task (so never while another task is inside a synchronous ledger or log write).
+    """
+
+    def __init__(self, paths: Paths, lock: HomeLock) -> None:
+        self.paths = paths
+        self.lock = lock
+        self.ledger: Any = None
+        self.signing_log: SigningLog | None = None
+        self.closed = False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.paths.api_endpoint.unlink(missing_ok=True)
+        finally:
+            try:
+                if self.signing_log is not None:
+                    self.signing_log.close()
+                if self.ledger is not None and hasattr(self.ledger, "close"):
+                    self.ledger.close()
+            finally:
+                self.lock.release()
+
+
+class Stopper:
+    """How the daemon stops, whatever arrives while it does (see the module docstring).
+
+    `requested` is set by the first SIGINT/SIGTERM (or the caller's `shutdown` event);
+    everything else follows from it. Later signals and the `timeout` bound end the
+    process with `os._exit` after `resources.close()`, from the trio thread.
+    """
+
+    def __init__(self, timeout: float, resources: Resources) -> None:
+        assert timeout > 0
+        self.timeout = timeout
+        self.resources = resources
+        self.requested = trio.Event()
+        self.signals = 0
+        self._token = trio.lowlevel.current_trio_token()
+        self._finished = threading.Event()
+        self._watchdog: threading.Thread | None = None
+
+    def request(self, why: str) -> None:
+        if self.requested.is_set():
+            return
+        log.info("stop_requested", why=why, timeout_seconds=self.timeout)
+        self.requested.set()
+        self._watchdog = threading.Thread(target=self._watch_time, name="stop-watchdog",
+                                          daemon=True)
+        self._watchdog.start()
+
+    async def watch_signals(self, signals: Any) -> None:
+        """Every SIGINT/SIGTERM of the daemon's life lands here, the first as the rest."""
+        async for signum in signals:
+            self.signals += 1
+            name = signal.Signals(signum).name
+            if not self.requested.is_set():
+                log.info("signal", signal=name)
+                self.request(f"signal {name}")
+                continue
+            log.warning("already_stopping", signal=name,
+                        action="a second signal: exiting now, at a safe point")
+            self.force(EXIT_FORCED, f"second signal {name}")
+
+    async def follow(self, shutdown: trio.Event) -> None:
+        await shutdown.wait()
+        self.request("shutdown event")
+
+    def force(self, code: int, why: str) -> None:
+        """Exit now. Runs in the trio thread between tasks: no write is half done."""
+        log.warning("forced_stop", why=why, exit_code=code)
+        try:
+            self.resources.close()
+            log.info("stopped", forced=True)
+        finally:
+            _flush_logs()
+            os._exit(code)
+
+    def finished(self) -> None:
+        self._finished.set()
+
+    def _watch_time(self) -> None:
+        if self._finished.wait(self.timeout):
+            return
+        try:
+            self._token.run_sync_soon(self.force, EXIT_STOP_TIMEOUT,
+                                      f"the stop took longer than {self.timeout} s")
+        except trio.RunFinishedError:
+            return
+        if self._finished.wait(FORCE_WAIT_SECONDS):
+            return
+        # The event loop is stuck in a synchronous call: nothing can run there. Exit from
+        # here, as a kill -9 would (the next start recovers); the log line is written
+        # raw because a logging lock may be held by the stuck thread.
+        line = {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "level": "error",
+                "logger": "commune.daemon", "event": "stop_timeout_hard_exit",
+                "why": "the event loop did not respond; exiting without cleanup (recovered "
+                       "at the next start, as after kill -9)", "exit_code": EXIT_STOP_TIMEOUT}
+        try:
+            os.write(2, (json.dumps(line, separators=(",", ":")) + "\n").encode())
+        finally:
+            os._exit(EXIT_STOP_TIMEOUT)
+
+
+def _flush_logs() -> None:
+    for h in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):  # exiting anyway: a log that cannot flush is lost
+            h.flush()
+
+
+async def _slow_stop_for_tests() -> None:
+    spec = os.environ.get(SLOW_STOP_ENV, "")
+    if not spec:
+        return
+    blocking = spec.startswith("block:")
+    seconds = float(spec.removeprefix("block:"))
+    log.warning("test_slow_stop", seconds=seconds, blocking=blocking)
+    if blocking:
+        time.sleep(seconds)  # a synchronous call that does not return (fault injection)
+    else:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(seconds)
+
+
+_early_signals: list[int] = []
+
+
+def _early_signal(signum: int, frame: Any) -> None:
+    """A signal outside `run`'s signal receiver: before it opened (`run` then stops at
+    once) or after it closed (everything is stopped already)."""
+    _early_signals.append(signum)
+
+
 async def run(home: Path, key: SigningKey, *, shutdown: trio.Event | None = None,
               task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Run the daemon of data directory `home` until cancelled, signalled or `shutdown`."""
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        await _run(home, key, signals, shutdown, task_status)
+
+
+async def _run(home: Path, key: SigningKey, signals: Any, shutdown: trio.Event | None,
+               task_status: Any) -> None:
     paths = Paths(home)
     cfg = load_config(paths)
     from node import net as _net  # noqa: F401  (libp2p reconfigures logging at import)
@@ -428,39 +597,40 @@ async def run(home: Path, key: SigningKey, *, shutdown: trio.Event | None = None
     logs.setup(cfg.log_level, paths.logs)
     lock = HomeLock(paths.pid)
     lock.acquire()
-    signing_log = None
-    ledger = None
+    resources = Resources(paths, lock)
+    stopper = Stopper(float(cfg.stop_timeout), resources)
+    if _early_signals:
+        stopper.request(f"signal {signal.Signals(_early_signals[-1]).name} during start-up")
     try:
         genesis = load_genesis(paths)
         if key.public not in genesis.founder_ids():
             log.info("not_a_founder", member=id_text(key.public))
-        ledger = open_ledger(paths, genesis)
-        signing_log, records = open_signing_log(paths)
-        node = Node(paths, cfg, key, genesis, ledger, signing_log, records)
-        log.info("starting", member=id_text(key.public), height=ledger.height,
+        resources.ledger = open_ledger(paths, genesis)
+        resources.signing_log, records = open_signing_log(paths)
+        node = Node(paths, cfg, key, genesis, resources.ledger, resources.signing_log, records)
+        log.info("starting", member=id_text(key.public), height=resources.ledger.height,
                  chain_id=node.chain_id.hex(), signed_records=len(records))
         try:
-            await _serve(node, paths, cfg, shutdown, task_status)
+            await _serve(node, paths, cfg, stopper, signals, shutdown, task_status)
         except Exception:
             log.exception("crashed")
             raise
     finally:
-        paths.api_endpoint.unlink(missing_ok=True)
-        if signing_log is not None:
-            signing_log.close()
-        if ledger is not None and hasattr(ledger, "close"):
-            ledger.close()
-        lock.release()
+        stopper.finished()
+        resources.close()
         log.info("stopped")
 
 
-async def _serve(node: Node, paths: Paths, cfg: Config, shutdown: trio.Event | None,
-                 task_status: Any) -> None:
+async def _serve(node: Node, paths: Paths, cfg: Config, stopper: Stopper, signals: Any,
+                 shutdown: trio.Event | None, task_status: Any) -> None:
     token = api.ensure_token(paths.token)
     app = api.create_app(node, token, node.metrics)
-    stop = shutdown or trio.Event()
+    stop = stopper.requested
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, stop)
+        nursery.start_soon(stopper.watch_signals, signals)
+        if shutdown is not None:
+            nursery.start_soon(stopper.follow, shutdown)
+        nursery.start_soon(_stop_when_requested, stopper, nursery.cancel_scope)
         await nursery.start(node.net.run)
         tx_topic, consensus_topic = topics(node.chain_id)
         await nursery.start(node.driver.run, node.net.subscribe(tx_topic),
@@ -478,19 +648,26 @@ async def _serve(node: Node, paths: Paths, cfg: Config, shutdown: trio.Event | N
         log.info("ready", api=node.api_url, peer_id=node.net.peer_id,
                  listen=node.net.listen_addrs)
         task_status.started(Started(node.api_url, node.net.peer_id, node.net.listen_addrs))
-        await stop.wait()
-        log.info("stopping")
-        nursery.cancel_scope.cancel()
 
 
-async def _watch_signals(stop: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("signal", signal=signal.Signals(signum).name)
-            stop.set()
-            return
+async def _stop_when_requested(stopper: Stopper, scope: trio.CancelScope) -> None:
+    await stopper.requested.wait()
+    log.info("stopping")
+    await _slow_stop_for_tests()
+    scope.cancel()
 
 
 def main(home: Path, key: SigningKey) -> None:
-    """Blocking entry point for `commune daemon`; raises DaemonError on start-up failure."""
-    trio.run(run, home, key)
+    """Blocking entry point for `commune daemon`; raises DaemonError on start-up failure.
+
+    SIGINT/SIGTERM get a recording handler for the instants outside `run`'s signal
+    receiver (so trio installs no KeyboardInterrupt handler, and a signal redelivered
+    as the receiver closes, after everything stopped, does not kill the process).
+    """
+    _early_signals.clear()
+    previous = {s: signal.signal(s, _early_signal) for s in STOP_SIGNALS}
+    try:
+        trio.run(run, home, key)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -281,11 +281,131 @@ def init(home: Path | None, passphrase_file: Path | None, as_json: bool) -> None
 @home_option
 @json_option
 def id_command(home: Path | None, as_json: bool) -> None:
-    """Print this member's id (the public key; no passphrase needed)."""
+    """Print this member's id, libp2p peer id and the address others bootstrap from.
+
+    No passphrase needed. The bootstrap address (a multiaddr ending in /p2p/<peer id>)
+    is what other members put in their `[network] bootstrap` list or the genesis; it is
+    read from the running daemon when there is one (real ports), else from the config.
+    """
     paths = resolve_paths(home)
     public = require_key(paths)
-    result = {"id": id_text(public), "public_key_hex": public.hex(), "home": paths.home}
-    emit(result, as_json, lambda console, r: console.print(r["id"], markup=False))
+    pid = keystore.peer_id(public)
+    addrs, source, notes = _bootstrap_addrs(paths, pid)
+    result = {"id": id_text(public), "public_key_hex": public.hex(), "home": paths.home,
+              "peer_id": pid, "bootstrap_addrs": addrs, "addrs_from": source,
+              "notes": notes}
+
+    def human(console: Console, r: dict[str, Any]) -> None:
+        console.print(r["id"], markup=False)  # first line alone: `commune id | head -1`
+        console.print(f"peer id:   {r['peer_id']}", markup=False)
+        for a in r["bootstrap_addrs"]:
+            console.print(f"bootstrap: {a}", markup=False)
+        for n in r["notes"]:
+            console.print(f"note: {n}", markup=False)
+
+    emit(result, as_json, human)
+
+
+def _bootstrap_addrs(paths: node_config.Paths, pid: str) -> tuple[list[str], str, list[str]]:
+    """(addresses others dial, where they came from, notes on their reachability)."""
+    from node.client import Client, ClientError
+
+    notes: list[str] = []
+    if paths.api_endpoint.exists():
+        try:
+            with Client.from_home(paths.home, timeout=5.0) as c:
+                listen = [str(a) for a in c.status().get("listen", [])]
+            if listen:
+                addrs = listen
+                source = "daemon"
+                return addrs, source, _reachability_notes(addrs, notes)
+        except ClientError:
+            pass  # not running after all: fall back to the config
+    try:
+        cfg = node_config.load_config(paths.config, paths.home)
+    except node_config.ConfigError as exc:
+        return [], "none", [f"no addresses: {exc}"]
+    announce = tuple(getattr(cfg, "announce", ()) or ())
+    source = "config announce" if announce else "config listen"
+    addrs = [a if "/p2p/" in a else f"{a}/p2p/{pid}" for a in (announce or cfg.listen)]
+    if any(a.split("/p2p/")[0].endswith("/tcp/0") for a in addrs):
+        notes.append("tcp/0 means a port picked at start: set a fixed port in [network] "
+                     "listen, or start the daemon and run `commune id` again")
+    return addrs, source, _reachability_notes(addrs, notes)
+
+
+def _reachability_notes(addrs: list[str], notes: list[str]) -> list[str]:
+    if any(a.startswith(("/ip4/0.0.0.0/", "/ip6/::/")) for a in addrs):
+        notes.append("0.0.0.0 (::) listens on every interface; others dial this machine's "
+                     "own address in its place")
+    if addrs and all(a.startswith(("/ip4/127.", "/ip6/::1/")) for a in addrs):
+        notes.append("loopback only: reachable from this machine alone; to accept other "
+                     "machines listen on [\"/ip4/0.0.0.0/tcp/4001\"] in [network] listen")
+    return notes
+
+
+@cli.group("key")
+def key_group() -> None:
+    """The member key file."""
+
+
+@key_group.command("passphrase")
+@home_option
+@passphrase_file_option
+@click.option("--new-passphrase-file", type=click.Path(exists=True, dir_okay=False,
+                                                       path_type=Path),
+              default=None, help="Read the new passphrase from this file (else ask twice "
+                                 "on the terminal).")
+@json_option
+def key_passphrase(home: Path | None, passphrase_file: Path | None,
+                   new_passphrase_file: Path | None, as_json: bool) -> None:
+    """Change the passphrase that encrypts the member key.
+
+    The file is replaced atomically (a complete new file is written, checked, then
+    renamed over the old one): if anything stops it midway the old file, with the old
+    passphrase, is still there. A running daemon keeps working (it holds the key
+    already); it needs the new passphrase at its next start.
+    """
+    paths = resolve_paths(home)
+    public = require_key(paths)
+    try:
+        old = keystore.get_passphrase(passphrase_file)
+    except keystore.KeystoreError as exc:
+        fail(f"{exc} (the current passphrase)", Exit.USAGE)
+    if new_passphrase_file is None and not keystore.has_terminal():
+        fail("no new passphrase: pass --new-passphrase-file FILE (there is no terminal to "
+             "ask on)", Exit.USAGE)
+    try:
+        keystore.load_key(paths.key, old)
+    except keystore.KeystoreError as exc:
+        fail(f"{exc}; the key file is unchanged", Exit.AUTH)
+    try:
+        new = keystore.get_passphrase(new_passphrase_file, confirm=True, environ={})
+    except keystore.KeystoreError as exc:
+        fail(f"{exc}; the key file is unchanged", Exit.USAGE)
+    if new == old:
+        fail("the new passphrase is the same as the current one; nothing changed",
+             Exit.USAGE)
+    try:
+        keystore.change_passphrase(paths.key, old, new)
+    except keystore.KeystoreError as exc:
+        fail(str(exc), Exit.FAILED)
+    notes: list[str] = []
+    try:
+        cfg = node_config.load_config(paths.config, paths.home)
+        if cfg.passphrase_file is not None:
+            notes.append(f"the daemon reads its passphrase from {cfg.passphrase_file} "
+                         "([keys] passphrase_file): put the new one there before its next "
+                         "start")
+    except node_config.ConfigError:
+        pass
+    if os.environ.get(keystore.PASSPHRASE_ENV):
+        notes.append(f"${keystore.PASSPHRASE_ENV} still holds the old passphrase")
+    for n in notes:
+        warn(n)
+    result = {"id": id_text(public), "key_file": paths.key, "changed": True}
+    emit(result, as_json, lambda console, r: console.print(
+        f"Changed the passphrase of {r['key_file']} (member id {r['id']})", markup=False))
 
 
 # =========================================================================================

@@ -285,6 +285,68 @@ def create_key_file(path: Path, passphrase: str | bytes, *, seed: bytes | None =
     return public
 
 
+def change_passphrase(path: Path, old: str | bytes, new: str | bytes) -> bytes:
+    """Re-encrypt the key file under `new`; returns the (unchanged) public key.
+
+    The seed is decrypted with `old` (KeystoreError if wrong), sealed again with a fresh
+    salt and nonce at the file's own KDF cost, written to a temporary file beside it
+    (mode 600, fsynced), checked by decrypting it back, and only then renamed over the
+    old file, then the directory is fsynced. The rename is atomic: whenever the process
+    stops, the name holds either the old file or the complete new one, never a torn or
+    missing key. Symlinks are refused: the rename would replace the link, not its target.
+    """
+    if path.is_symlink():
+        raise KeystoreError(f"{path} is a symbolic link; change the passphrase of the file "
+                            "it points to with --home set to that file's directory")
+    doc = _read_doc(path)
+    parsed = _parse(doc)
+    key = unseal(doc, old)
+    new_doc = seal(key.seed(), new, salt=os.urandom(SALT_LEN), nonce=os.urandom(NONCE_LEN),
+                   params=parsed.params)
+    if unseal(new_doc, new).public != parsed.public_key:  # pragma: no cover - seal's bug
+        raise KeystoreError("re-encryption did not round-trip; the key file is unchanged")
+    data = (json.dumps(new_doc, indent=2) + "\n").encode("utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
+        try:
+            os.fchmod(fd, KEY_FILE_MODE)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if unseal(_read_doc(tmp), new).public != parsed.public_key:  # pragma: no cover
+            raise KeystoreError("the new key file did not read back; the old one is unchanged")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise KeystoreError(f"cannot write {path}: {exc.strerror or exc}; the old key file "
+                            "is unchanged") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return parsed.public_key
+
+
+def peer_id(public_key: bytes) -> str:
+    """The libp2p peer id of a member's Ed25519 key, as `node.net` derives it.
+
+    An identity multihash of the protobuf-encoded public key (type Ed25519 = 1), in
+    base58btc: computed here so `commune id` needs no libp2p import.
+    """
+    import base58
+
+    if len(public_key) != PUBLIC_KEY_LEN:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    proto = b"\x08\x01\x12\x20" + bytes(public_key)
+    return base58.b58encode(b"\x00" + bytes([len(proto)]) + proto).decode("ascii")
+
+
 def read_public_key(path: Path) -> bytes:
     """The member id stored in clear in the key file; needs no passphrase."""
     doc = _read_doc(path)
@@ -327,7 +389,7 @@ def read_passphrase_file(path: Path) -> str:
     return line
 
 
-def _has_terminal() -> bool:
+def has_terminal() -> bool:
     """Whether getpass can ask someone: a controlling terminal, or stdin is one."""
     try:
         fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
@@ -364,7 +426,7 @@ def get_passphrase(passphrase_file: Path | None = None, *, confirm: bool = False
     if configured_file is not None:
         return read_passphrase_file(configured_file)
     if prompt is None:
-        if not _has_terminal():
+        if not has_terminal():
             raise KeystoreError(
                 "no passphrase: pass --passphrase-file FILE or set "
                 f"{PASSPHRASE_ENV} (there is no terminal to ask on)")

@@ -14,7 +14,7 @@ import pytest
 
 import cli
 from node.config import Config, load_config
-from node.keystore import PASSPHRASE_ENV, load_key
+from node.keystore import PASSPHRASE_ENV, load_key, peer_id
 from protocol.crypto import parse_id
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,10 +65,31 @@ def test_init_then_id(tmp_path: Path, passfile: Path) -> None:
 
     shown = run("id", "--home", str(home), "--json")
     assert shown.returncode == 0, shown.stderr
-    assert json.loads(shown.stdout) == {"id": member_id, "public_key_hex": public.hex(),
-                                        "home": str(home)}
+    pid = peer_id(public)
+    assert json.loads(shown.stdout) == {
+        "id": member_id, "public_key_hex": public.hex(), "home": str(home), "peer_id": pid,
+        "bootstrap_addrs": [f"/ip4/127.0.0.1/tcp/0/p2p/{pid}"], "addrs_from": "config listen",
+        "notes": [
+            "tcp/0 means a port picked at start: set a fixed port in [network] listen, or "
+            "start the daemon and run `commune id` again",
+            "loopback only: reachable from this machine alone; to accept other machines "
+            "listen on [\"/ip4/0.0.0.0/tcp/4001\"] in [network] listen"]}
     plain = run("id", "--home", str(home))
-    assert plain.returncode == 0 and plain.stdout.strip() == member_id
+    assert plain.returncode == 0
+    lines = plain.stdout.splitlines()
+    assert lines[0] == member_id and f"peer id:   {pid}" in lines
+    assert f"bootstrap: /ip4/127.0.0.1/tcp/0/p2p/{pid}" in lines
+
+
+def test_peer_id_matches_libp2p() -> None:
+    from node.net import peer_id_from_public_key
+    from protocol.crypto import SigningKey
+
+    for i in range(8):
+        public = SigningKey.derive("cli-peer-id", str(i)).public
+        assert peer_id(public) == peer_id_from_public_key(public)
+    with pytest.raises(ValueError):
+        peer_id(b"short")
 
 
 def test_human_output_shows_the_id(tmp_path: Path, passfile: Path) -> None:

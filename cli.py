@@ -547,8 +547,10 @@ def _call(home: Path | None, fn: Callable[[Any], T]) -> T:
     try:
         return fn(client)
     except ClientError as exc:
-        message = f"transaction rejected: {exc.message}" if exc.kind == "rejected" \
-            else exc.message
+        message = exc.message
+        if exc.kind == "rejected":
+            txid = exc.details.get("id")
+            message = f"transaction rejected: {exc.message}" + (f" (id {txid})" if txid else "")
         fail(message, CLIENT_EXIT.get(exc.kind, Exit.FAILED))
     finally:
         client.close()
@@ -570,17 +572,72 @@ def _fmt_amount(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _tx_outcome(result: dict[str, Any], wait: bool) -> dict[str, Any]:
+REJECTION_STAGES = {"admission": "on arrival", "block": "by the block builder",
+                    "recheck": "after a block committed", "evicted": "from a full mempool",
+                    "expired": "after waiting too long in the mempool"}
+WAIT_SLICE_SECONDS = 60.0
+"""Longest single wait request (the API caps one at 120 s); longer waits are repeated."""
+
+
+def _show_progress(as_json: bool) -> bool:
+    """Live progress on stderr: for people at a terminal, never in --json runs."""
+    return not as_json and stderr_console.is_terminal
+
+
+def _wait_for_tx(client: Any, txid: str, timeout: float, progress: bool) -> dict[str, Any]:
+    """Wait until `txid` is no longer pending or `timeout` passes; a spinner meanwhile."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    slice_seconds = 1.0 if progress else WAIT_SLICE_SECONDS
+
+    def loop(tick: Callable[[], None]) -> dict[str, Any]:
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            result: dict[str, Any] = client.wait_tx(txid, min(left, slice_seconds))
+            if result.get("status") != "pending" or left <= 0:
+                return result
+            tick()
+
+    try:
+        if not progress:
+            return loop(lambda: None)
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=stderr_console, transient=True) as bar:
+            task = bar.add_task(f"waiting for {txid[:16]}… to commit "
+                                f"(up to {timeout:g} s)", total=None)
+            return loop(lambda: bar.update(task))
+    except KeyboardInterrupt:
+        raise CommandError(f"interrupted; transaction {txid} was submitted and may still "
+                           f"commit: see `commune tx show {txid}`", Exit.INTERRUPTED) from None
+
+
+def _finish_tx(result: dict[str, Any], wait: bool, as_json: bool) -> None:
+    """Print a transaction's outcome; a rejection, a loss or a timeout is also an error
+    (with --json the result document is printed first, so scripts get the reason too)."""
     status = result.get("status")
+    txid = result.get("id")
+    problem: tuple[str, Exit] | None = None
     if status == "rejected":
-        fail(f"transaction rejected: {result.get('reason') or 'no reason given'}", Exit.FAILED)
-    if wait and status == "pending":
-        fail(f"transaction {result.get('id')} is not committed yet (still pending); check "
-             f"later with `commune tx show {result.get('id')}`", Exit.TIMEOUT)
-    if status == "dropped":
-        fail(f"transaction {result.get('id')} was dropped: {result.get('reason', '')}",
-             Exit.FAILED)
-    return result
+        stage = REJECTION_STAGES.get(str(result.get("stage")), "")
+        hint = ("; this transaction can never apply: sign a new one" if result.get("final")
+                else "; it may apply later if submitted again" if "final" in result else "")
+        problem = (f"transaction {txid} rejected{' ' + stage if stage else ''}: "
+                   f"{result.get('reason') or 'no reason given'}{hint}", Exit.FAILED)
+    elif status == "unknown":
+        problem = (f"transaction {txid} is not known to the node any more (not committed, "
+                   "and no record of why it left the mempool); submit it again", Exit.FAILED)
+    elif wait and status == "pending":
+        problem = (f"transaction {txid} is not committed yet (still pending); check later "
+                   f"with `commune tx wait {txid}`", Exit.TIMEOUT)
+    if problem is None:
+        emit(result, as_json, _show_tx_result)
+        return
+    if as_json:
+        emit(result, True)
+    fail(*problem)
 
 
 def _show_tx_result(console: Console, r: dict[str, Any]) -> None:
@@ -594,16 +651,28 @@ def _show_tx_result(console: Console, r: dict[str, Any]) -> None:
                       f"(status: {r.get('status')})", markup=False)
 
 
+def _submit(home: Path | None, submit: Callable[[Any], dict[str, Any]], wait: bool,
+            timeout: float, as_json: bool) -> None:
+    """Submit (no waiting on the daemon's side), then wait here, with progress shown."""
+
+    def run(client: Any) -> dict[str, Any]:
+        submitted = submit(client)
+        if not wait or "id" not in submitted:
+            return submitted
+        done = _wait_for_tx(client, str(submitted["id"]), timeout, _show_progress(as_json))
+        return {**submitted, **done}
+
+    _finish_tx(_call(home, run), wait, as_json)
+
+
 def _sign(home: Path | None, kind: str, args: dict[str, Any], wait: bool, timeout: float,
           as_json: bool) -> None:
-    result = _call(home, lambda c: c.sign(kind, args, wait=timeout if wait else 0))
-    emit(_tx_outcome(result, wait), as_json, _show_tx_result)
+    _submit(home, lambda c: c.sign(kind, args), wait, timeout, as_json)
 
 
 def _action(home: Path | None, name: str, body: dict[str, Any], wait: bool, timeout: float,
             as_json: bool) -> None:
-    result = _call(home, lambda c: c.action(name, body, wait=timeout if wait else 0))
-    emit(_tx_outcome(result, wait), as_json, _show_tx_result)
+    _submit(home, lambda c: c.action(name, body), wait, timeout, as_json)
 
 
 def _table(console: Console, title: str, rows: Sequence[dict[str, Any]],
@@ -638,9 +707,11 @@ def _kv(console: Console, data: dict[str, Any], keys: Sequence[str] | None = Non
 def daemon(home: Path | None, passphrase_file: Path | None) -> None:
     """Run this member's node: consensus, gossip, the ledger and the control API.
 
-    Stops cleanly on Ctrl-C or SIGTERM. Logs are JSON lines on stderr and in
-    HOME/logs/. Other commands talk to it through the API address in HOME/api.json
-    with the token in HOME/api.token.
+    Stops cleanly on Ctrl-C or SIGTERM (exit code 0). A second signal while stopping
+    exits at once, still at a safe point (130); a stop longer than [daemon] stop_timeout
+    ends the same way (1). Logs are JSON lines on stderr and in HOME/logs/. Other
+    commands talk to it through the API address in HOME/api.json with the token in
+    HOME/api.token.
     """
     from node import daemon as node_daemon
 
@@ -662,22 +733,86 @@ def daemon(home: Path | None, passphrase_file: Path | None) -> None:
         fail(exc.message, CLIENT_EXIT.get(exc.kind, Exit.FAILED))
 
 
+def _sync_line(s: dict[str, Any]) -> str:
+    height = int(s.get("height", 0))
+    best = int(s.get("best_peer_height", s.get("sync_target", height)) or height)
+    if best <= height:
+        state = "syncing" if s.get("syncing") else "in sync"
+        return f"height {height:,}, {state} with the best known peer"
+    pct = 100 * height // best if best else 100
+    return (f"height {height:,} of {best:,} ({pct}%; {best - height:,} blocks behind"
+            f"{', syncing' if s.get('syncing') else ''})")
+
+
+def _synced(s: dict[str, Any]) -> bool:
+    """Caught up: not fetching blocks, and either a peer confirmed the height or this node
+    is the commune's only validator (nobody else to ask)."""
+    alone = bool(s.get("is_validator")) and int(s.get("validators", 0)) == 1
+    return not s.get("syncing") and int(s.get("behind", 0)) <= 1 and \
+        (int(s.get("peers", 0)) > 0 or alone)
+
+
 @cli.command()
+@click.option("--wait-sync", is_flag=True,
+              help="Wait until the node has caught up with its peers (progress on stderr).")
+@click.option("--timeout", "wait_timeout", type=click.FloatRange(0, 86400), default=600,
+              show_default=True, help="Seconds --wait-sync waits at most.")
 @home_option
 @json_option
-def status(home: Path | None, as_json: bool) -> None:
-    """Height, consensus round, peers and sync state of the running daemon."""
+def status(wait_sync: bool, wait_timeout: float, home: Path | None, as_json: bool) -> None:
+    """Height, consensus round, peers and sync state of the running daemon.
+
+    The sync line compares this node's height with the best height its peers report.
+    With --wait-sync, waits for the node to catch up first (exit 7 at --timeout).
+    """
 
     def human(console: Console, s: dict[str, Any]) -> None:
         _kv(console, s, ["commune", "member", "peer_id", "height", "round", "step",
-                         "is_validator", "validators", "peers", "syncing", "mempool_txs",
+                         "is_validator", "validators", "peers", "mempool_txs",
                          "uptime_seconds"])
+        console.print(f"{'sync':>18}: {_sync_line(s)}", markup=False)
         last = s.get("last_block")
         if last:
             console.print(f"{'last block':>18}: {last['hash'][:16]}… with {last['txs']} txs",
                           markup=False)
 
-    emit(_get(home, "status"), as_json, human)
+    result = _call(home, lambda c: _wait_sync(c, wait_timeout, _show_progress(as_json))
+                   if wait_sync else c.status())
+    if wait_sync and not _synced(result):
+        if as_json:
+            emit(result, True)
+        fail(f"not caught up after {wait_timeout:g} s: {_sync_line(result)}, "
+             f"{result.get('peers', 0)} peers; see `commune peers`", Exit.TIMEOUT)
+    emit(result, as_json, human)
+
+
+def _wait_sync(client: Any, timeout: float, progress: bool) -> dict[str, Any]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    s: dict[str, Any] = client.status()
+    if _synced(s) or timeout <= 0:
+        return s
+    from contextlib import nullcontext
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   console=stderr_console, transient=True) if progress else None
+    try:
+        with bar if bar is not None else nullcontext():
+            task = bar.add_task("syncing", total=None) if bar is not None else None
+            while not _synced(s) and time.monotonic() < deadline:
+                if bar is not None and task is not None:
+                    best = int(s.get("best_peer_height", 0) or 0)
+                    bar.update(task, completed=int(s.get("height", 0)),
+                               total=best or None,
+                               description=f"syncing ({s.get('peers', 0)} peers)")
+                time.sleep(0.5)
+                s = client.status()
+    except KeyboardInterrupt:
+        raise CommandError("interrupted while waiting for sync", Exit.INTERRUPTED) from None
+    return s
 
 
 @cli.command()
@@ -740,9 +875,13 @@ def attest(applicant: str, home: Path | None, wait: bool, wait_timeout: float,
 def resign(confirmed: bool, home: Path | None, wait: bool, wait_timeout: float,
            as_json: bool) -> None:
     """Give up your share (claims already earned are kept)."""
-    if not confirmed and not click.confirm("Resign from the commune? Your share is not "
-                                           "refunded", default=False):
-        fail("not resigned", Exit.FAILED)
+    if not confirmed:
+        if not sys.stdin.isatty():
+            fail("resigning needs confirmation: pass --yes (there is no terminal to ask on)",
+                 Exit.USAGE)
+        if not click.confirm("Resign from the commune? Your share is not refunded",
+                             default=False):
+            fail("not resigned", Exit.FAILED)
     _sign(home, "member.resign", {}, wait, wait_timeout, as_json)
 
 
@@ -1147,15 +1286,39 @@ def tx() -> None:
 def tx_show(txid: str, home: Path | None, as_json: bool) -> None:
     """A transaction: its status (pending, committed, rejected), block and result."""
 
-    def human(console: Console, d: dict[str, Any]) -> None:
-        _kv(console, d, ["id", "status", "kind", "signer", "nonce", "height", "index",
-                         "reason"])
-        for k, v in sorted((d.get("args") or {}).items()):
-            console.print(f"{'args.' + k:>18}: {v}", markup=False)
-        for k, v in sorted((d.get("result") or {}).items()):
-            console.print(f"{'result.' + k:>18}: {v}", markup=False)
+    emit(_get(home, f"tx/{txid}"), as_json, _show_tx)
 
-    emit(_get(home, f"tx/{txid}"), as_json, human)
+
+def _show_tx(console: Console, d: dict[str, Any]) -> None:
+    _kv(console, d, ["id", "status", "kind", "signer", "nonce", "height", "index", "reason"])
+    if d.get("status") == "rejected" and "stage" in d:
+        where = REJECTION_STAGES.get(str(d["stage"]), str(d["stage"]))
+        console.print(f"{'rejected':>18}: {where}; "
+                      + ("final (sign a new transaction)" if d.get("final") else
+                         "not final (the same transaction may apply if submitted again)"),
+                      markup=False)
+    for k, v in sorted((d.get("args") or {}).items()):
+        console.print(f"{'args.' + k:>18}: {v}", markup=False)
+    for k, v in sorted((d.get("result") or {}).items()):
+        console.print(f"{'result.' + k:>18}: {v}", markup=False)
+
+
+@tx.command("wait")
+@click.argument("txid")
+@click.option("--timeout", "wait_timeout", type=click.FloatRange(0, 3600),
+              default=DEFAULT_WAIT_SECONDS, show_default=True,
+              help="Seconds to wait for the commit.")
+@home_option
+@json_option
+def tx_wait(txid: str, wait_timeout: float, home: Path | None, as_json: bool) -> None:
+    """Wait until transaction TXID commits; exit 1 if it was rejected (and why), 7 if it
+    is still pending at --timeout, 5 if the node does not know it."""
+    tid = _parse_txid(txid).hex()
+    result = _call(home, lambda c: _wait_for_tx(c, tid, wait_timeout, _show_progress(as_json)))
+    if result.get("status") == "unknown":
+        fail(f"no transaction {tid} in the ledger or the mempool of this node (never "
+             "submitted here, or forgotten); submit it again", Exit.NOT_FOUND)
+    _finish_tx(result, True, as_json)
 
 
 # =========================================================================================

@@ -248,6 +248,8 @@ class Node:
             "uptime_seconds": int(time.time() - self.started_at),
             "pid": os.getpid(), **d,
             "evidence_recorded": self.ledger.state.count("evidence"),
+            "best_peer_height": max(d["sync_target"], self.ledger.height),
+            "behind": max(0, d["sync_target"] - self.ledger.height),
             "gossip": {name: {"mesh": len(self.net.mesh_peers(topic)),
                               "subscribed": len(self.net.topic_peers(topic))}
                        for name, topic in zip(("txs", "consensus"), topics(self.chain_id),
@@ -335,19 +337,9 @@ class Node:
                 await self.driver.commit_happened()
 
     def tx_status(self, txid: bytes) -> dict[str, Any]:
-        """`queries.tx_status`, with where and whether finally a transaction was refused.
-
-        A rejection that is not final (the state may change: a balance, a window, a full
-        pool) says so, because resubmitting the same signed bytes may then succeed.
-        """
         from node import queries
 
-        out = queries.tx_status(self, txid)
-        if out["status"] == "rejected":
-            rejection = self.mempool.rejection(txid)
-            if rejection is not None:
-                out.update(rejection.to_json())
-        return out
+        return queries.tx_status(self, txid)
 
 
 class LedgerAdapter:

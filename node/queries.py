@@ -16,7 +16,7 @@ from typing import Any
 import base58
 
 from node.api import ApiError, bad_request, not_found
-from protocol.crypto import PUBLIC_KEY_LEN, IdError, id_text, parse_id
+from protocol.crypto import PUBLIC_KEY_LEN, IdError, id_text, parse_id, sha256
 from protocol.encoding import DecodeError, decode
 from protocol.transactions import TxError, decode_tx
 
@@ -166,7 +166,19 @@ def validators(node: Any, params: Mapping[str, str]) -> dict[str, Any]:
             "next": [id_text(m) for m in node.ledger.validators_at(h + 2).members]}
 
 
+BLOCK_TX_DETAIL = ("full", "ids")
+
+
 def block(node: Any, params: Mapping[str, str]) -> dict[str, Any]:
+    """A committed block: header fields, certificate signers, and its transactions.
+
+    `txs=full` (the default) describes each transaction (id, kind, signer, nonce), which
+    decodes every one of them; `txs=ids` gives only their ids (a hash of the bytes, no
+    decoding), for clients that follow the chain to see their transactions commit.
+    """
+    detail = params.get("txs", "full")
+    if detail not in BLOCK_TX_DETAIL:
+        raise bad_request(f"txs must be one of {', '.join(BLOCK_TX_DETAIL)}, got {detail!r}")
     text = params.get("height", "latest")
     ledger = node.ledger
     if text == "latest":
@@ -180,8 +192,11 @@ def block(node: Any, params: Mapping[str, str]) -> dict[str, Any]:
     b = ledger.block(height)
     assert b is not None
     hd = b.header
-    txs = []
+    txs: list[dict[str, Any]] = []
     for raw in b.txs:
+        if detail == "ids":
+            txs.append({"id": sha256(raw).hex()})
+            continue
         try:
             t = decode_tx(raw)
             txs.append({"id": t.id.hex(), "kind": t.kind, "signer": id_text(t.signer),
@@ -221,9 +236,9 @@ def tx_status(node: Any, txid: bytes) -> dict[str, Any]:
     pending = node.mempool.get(txid)
     if pending is not None:
         return {"id": txid.hex(), "status": "pending", **_describe(pending.raw)}
-    reason = node.mempool.refused_reason(txid)
-    if reason is not None:
-        return {"id": txid.hex(), "status": "rejected", "reason": reason}
+    rejection = node.mempool.rejection(txid)
+    if rejection is not None:  # reason, stage (where it was refused), final (for good?)
+        return {"id": txid.hex(), "status": "rejected", **rejection.to_json()}
     return {"id": txid.hex(), "status": "unknown"}
 
 

@@ -47,7 +47,8 @@ def test_funds_spent_by_a_committed_transaction_of_the_same_signer() -> None:
     assert r is not None and r.stage == "recheck" and not r.final
     assert r.reason == dropped[ours.id] and r.reason == h.reason(ours)
     shown = status(h, mp, ours.id)
-    assert shown["status"] == "rejected" and shown["reason"] == r.reason
+    assert shown == {"id": ours.id.hex(), "status": "rejected", "reason": r.reason,
+                     "stage": "recheck", "final": False}
     assert status(h, mp, theirs.id)["status"] == "committed"
     mp.check_invariants()
 
@@ -75,7 +76,8 @@ def test_state_refusal_is_reported_and_forgotten_once_admitted() -> None:
     r = mp.rejection(tx.id)
     assert r is not None and r.stage == "admission" and not r.final
     assert status(h, mp, tx.id) == {"id": tx.id.hex(), "status": "rejected",
-                                    "reason": refused.reason}
+                                    "reason": refused.reason, "stage": "admission",
+                                    "final": False}
     h.block([h.tx(f0, "treasury.deposit", {"account": f2.public, "amount": 100,
                                            "reference": "wire 2"})])
     assert mp.add(tx.raw, now=1).status == "added"  # not remembered as final

@@ -551,6 +551,10 @@ def _call(home: Path | None, fn: Callable[[Any], T]) -> T:
         if exc.kind == "rejected":
             txid = exc.details.get("id")
             message = f"transaction rejected: {exc.message}" + (f" (id {txid})" if txid else "")
+        elif exc.kind == "usage":  # the daemon refused an argument: say where to look
+            ctx = click.get_current_context(silent=True)
+            if ctx is not None:
+                message += f"; see `{ctx.command_path} --help`"
         fail(message, CLIENT_EXIT.get(exc.kind, Exit.FAILED))
     finally:
         client.close()

@@ -525,7 +525,7 @@ def genesis_show(file: str, as_json: bool) -> None:
 
 CLIENT_EXIT = {"unreachable": Exit.UNREACHABLE, "auth": Exit.AUTH, "rejected": Exit.FAILED,
                "not_found": Exit.NOT_FOUND, "usage": Exit.USAGE, "timeout": Exit.TIMEOUT,
-               "exists": Exit.EXISTS, "failed": Exit.FAILED}
+               "exists": Exit.EXISTS, "failed": Exit.FAILED, "internal": Exit.INTERNAL}
 DEFAULT_WAIT_SECONDS = 60.0
 
 

@@ -84,6 +84,12 @@ class Timeout(ClientError):
     kind = "timeout"
 
 
+class ServerBug(ClientError):
+    """The daemon failed on a request (HTTP 500): a bug to report, not a user error."""
+
+    kind = "internal"
+
+
 def _not_running(home: Path, why: str) -> DaemonNotRunning:
     return DaemonNotRunning(
         f"daemon not running ({why}); start it with `commune daemon --home {home}`")
@@ -187,6 +193,10 @@ class Client:
             cls = BadRequest
         elif status == 504 or code == "timeout":
             cls = Timeout
+        elif status == 500:
+            cls = ServerBug
+            message = f"the daemon failed: {message}; this is a bug, please report it with " \
+                      f"the daemon's log ({self.home or 'the data directory'}/logs/)"
         else:
             cls = ClientError
         raise cls(message, code, status, details)

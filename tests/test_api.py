@@ -253,6 +253,9 @@ async def test_client_maps_errors(server: Server) -> None:
                 c.get("account/zmissing")
             with pytest.raises(client.BadRequest):
                 c.sign("nope", {})
+            with pytest.raises(client.ServerBug, match="kaboom.*a bug") as bug:
+                c.get("block/boom")
+            assert bug.value.kind == "internal"
             assert c.sign("account.transfer", {"amount": 1})["args"] == {"amount": 1}
             assert "commune_api_requests_total" in c.metrics()
         bad = client.Client(server.url, "y" * 43, server.home)

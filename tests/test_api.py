@@ -219,8 +219,10 @@ async def test_submit_batch(server: Server) -> None:
         r = await h.post("/v1/txs", json={"txs": ["abcd", b"bad".hex(), "01"]})
         assert r.status_code == 200
         assert [x["status"] for x in r.json()["results"]] == ["pending", "rejected", "pending"]
-        for body in ({"txs": []}, {"txs": "ab"}, {"txs": ["ab"] * (api.MAX_BATCH + 1)},
-                     {"txs": ["zz"]}, {"txs": ["ab"], "wait": 3}):
+        bodies: list[dict[str, Any]] = [
+            {"txs": []}, {"txs": "ab"}, {"txs": ["ab"] * (api.MAX_BATCH + 1)},
+            {"txs": ["zz"]}, {"txs": ["ab"], "wait": 3}]
+        for body in bodies:
             r = await h.post("/v1/txs", json=body)
             assert r.status_code == 400, body
         big = {"tx": "ab" * (api.MAX_BODY_BYTES // 2 + 1)}  # a single one stays small

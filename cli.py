@@ -581,6 +581,9 @@ REJECTION_STAGES = {"admission": "on arrival", "block": "by the block builder",
                     "expired": "after waiting too long in the mempool"}
 WAIT_SLICE_SECONDS = 60.0
 """Longest single wait request (the API caps one at 120 s); longer waits are repeated."""
+UNKNOWN_GRACE_SECONDS = 5.0
+"""How long `tx wait` keeps asking about an id the node does not know yet (submitted to
+another node, its gossip still on the way) before saying so."""
 
 
 def _show_progress(as_json: bool) -> bool:
@@ -592,14 +595,19 @@ def _wait_for_tx(client: Any, txid: str, timeout: float, progress: bool) -> dict
     """Wait until `txid` is no longer pending or `timeout` passes; a spinner meanwhile."""
     import time
 
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     slice_seconds = 1.0 if progress else WAIT_SLICE_SECONDS
 
     def loop(tick: Callable[[], None]) -> dict[str, Any]:
         while True:
             left = max(0.0, deadline - time.monotonic())
             result: dict[str, Any] = client.wait_tx(txid, min(left, slice_seconds))
-            if result.get("status") != "pending" or left <= 0:
+            status = result.get("status")
+            if status == "unknown" and left > 0 and \
+                    time.monotonic() - start < UNKNOWN_GRACE_SECONDS:
+                time.sleep(min(0.5, left))  # maybe still on its way from another node
+            elif status != "pending" or left <= 0:
                 return result
             tick()
 
@@ -1254,6 +1262,41 @@ def proposal_list(home: Path | None, as_json: bool) -> None:
     emit(_get(home, "proposals"), as_json, lambda console, rows: _table(
         console, "Proposals", rows, [("id", "id"), ("title", "title"), ("type", "type"),
                                      ("status", "status"), ("yes", "yes"), ("no", "no")]))
+
+
+@cli.command()
+@home_option
+@json_option
+def params(home: Path | None, as_json: bool) -> None:
+    """The commune's parameters in force (governance changes them) and the open period."""
+
+    def human(console: Console, d: dict[str, Any]) -> None:
+        _kv(console, d.get("params", {}))
+        console.print(f"{'open period':>18}: {d.get('open_period')}, ends "
+                      f"{_ms(d.get('period_end_ms'))} UTC", markup=False)
+        console.print(f"{'currency':>18}: {d.get('currency')} ({d.get('minor_units')} "
+                      "minor units; amounts are in minor units)", markup=False)
+
+    emit(_get(home, "params"), as_json, human)
+
+
+@cli.command()
+@home_option
+@json_option
+def validators(home: Path | None, as_json: bool) -> None:
+    """The validators of the next block, and of the one after (a change takes a block)."""
+
+    def human(console: Console, d: dict[str, Any]) -> None:
+        console.print(f"Validators at height {d['height']} ({len(d['validators'])}):",
+                      markup=False)
+        for v in d["validators"]:
+            console.print(f"  {v}", markup=False)
+        if d.get("next") != d["validators"]:
+            console.print(f"From height {d['height'] + 1} ({len(d['next'])}):", markup=False)
+            for v in d["next"]:
+                console.print(f"  {v}", markup=False)
+
+    emit(_get(home, "validators"), as_json, human)
 
 
 @cli.group()

@@ -100,3 +100,14 @@ def test_exit_codes_of_tx_wait_and_resign(solo: tuple[Daemon, Genesis]) -> None:
     resign = cli(d, "resign")
     assert resign.returncode == 2 and "--yes" in resign.stderr
     wait_for("a block", lambda: d.height() >= 1)
+
+
+def test_params_and_validators(solo: tuple[Daemon, Genesis]) -> None:
+    d, _ = solo
+    p = cli_json(d, "params")
+    assert p["params"]["empty_block_interval"] == 1 and p["currency"] == "EUR"
+    assert "empty_block_interval" in cli(d, "params").stdout
+    v = cli_json(d, "validators")
+    assert v["validators"] == [d.id] and v["height"] >= 1
+    human = cli(d, "validators")
+    assert human.returncode == 0 and d.id in human.stdout

@@ -603,7 +603,16 @@ async def _run(home: Path, key: SigningKey, signals: Any, shutdown: trio.Event |
         log.info("starting", member=id_text(key.public), height=resources.ledger.height,
                  chain_id=node.chain_id.hex(), signed_records=len(records))
         try:
-            await _serve(node, paths, cfg, stopper, signals, shutdown, task_status)
+            # The signal watcher lives outside `_serve`'s nursery, so that it still
+            # answers while that nursery unwinds after the stop's cancellation.
+            async with trio.open_nursery() as outer:
+                outer.start_soon(stopper.watch_signals, signals)
+                if shutdown is not None:
+                    outer.start_soon(stopper.follow, shutdown)
+                try:
+                    await _serve(node, paths, cfg, stopper, task_status)
+                finally:
+                    outer.cancel_scope.cancel()
         except Exception:
             log.exception("crashed")
             raise
@@ -613,15 +622,12 @@ async def _run(home: Path, key: SigningKey, signals: Any, shutdown: trio.Event |
         log.info("stopped")
 
 
-async def _serve(node: Node, paths: Paths, cfg: Config, stopper: Stopper, signals: Any,
-                 shutdown: trio.Event | None, task_status: Any) -> None:
+async def _serve(node: Node, paths: Paths, cfg: Config, stopper: Stopper,
+                 task_status: Any) -> None:
     token = api.ensure_token(paths.token)
     app = api.create_app(node, token, node.metrics)
     stop = stopper.requested
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(stopper.watch_signals, signals)
-        if shutdown is not None:
-            nursery.start_soon(stopper.follow, shutdown)
         nursery.start_soon(_stop_when_requested, stopper, nursery.cancel_scope)
         await nursery.start(node.net.run)
         tx_topic, consensus_topic = topics(node.chain_id)
@@ -645,8 +651,8 @@ async def _serve(node: Node, paths: Paths, cfg: Config, stopper: Stopper, signal
 async def _stop_when_requested(stopper: Stopper, scope: trio.CancelScope) -> None:
     await stopper.requested.wait()
     log.info("stopping")
-    await _slow_stop_for_tests()
     scope.cancel()
+    await _slow_stop_for_tests()  # shielded: holds up the nursery's unwinding (tests only)
 
 
 def main(home: Path, key: SigningKey) -> None:

@@ -720,8 +720,8 @@ def daemon(home: Path | None, passphrase_file: Path | None) -> None:
     """Run this member's node: consensus, gossip, the ledger and the control API.
 
     Stops cleanly on Ctrl-C or SIGTERM (exit code 0). A second signal while stopping
-    exits at once, still at a safe point (130); a stop longer than [daemon] stop_timeout
-    ends the same way (1). Logs are JSON lines on stderr and in HOME/logs/. Other
+    exits at once (130), a stop longer than [daemon] stop_timeout exits too (1); both
+    leave the files as kill -9 would, which the next start recovers from. Logs are JSON lines on stderr and in HOME/logs/. Other
     commands talk to it through the API address in HOME/api.json with the token in
     HOME/api.token.
     """

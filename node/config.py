@@ -262,7 +262,8 @@ SETTINGS: tuple[Setting, ...] = (
             "A relative path is relative to the data directory."),
     Setting("daemon", "stop_timeout", "stop_timeout", 15, _is_int(1, 600),
             "Seconds a graceful stop (SIGINT/SIGTERM) may take before the daemon exits\n"
-            "anyway, at a point where no write is half done. A second signal exits at once."),
+            "anyway, leaving its files as kill -9 would (the next start recovers).\n"
+            "A second signal exits at once, the same way."),
 )
 
 SECTION_COMMENTS = {

@@ -19,11 +19,13 @@ outlives the daemon):
    released; exit code 0. Signals stay handled until the very end, so a second one
    never meets a default handler (which would kill the process, or raise
    KeyboardInterrupt anywhere, mid-write). A second signal is logged
-   (`already_stopping`) and ends the daemon at once at a safe point (exit code 130);
-   a stop that takes longer than `[daemon] stop_timeout` ends the same way (exit
-   code 1), and if even that cannot run because the event loop is stuck in a
-   synchronous call, a watchdog thread exits the process: as far as the files are
-   concerned that is a `kill -9`, which the next start recovers from.
+   (`already_stopping`) and ends the daemon at once, from the event loop between
+   tasks (exit code 130); a stop that takes longer than `[daemon] stop_timeout` ends
+   the same way (exit code 1), and if even that cannot run because the event loop is
+   stuck in a synchronous call, a watchdog thread exits the process. A forced exit
+   leaves the store and the signing log as a `kill -9` would (a write on a worker
+   thread may be cut short), which is what both are built to recover from; it removes
+   `api.json` and the pid file so that clients see the daemon is gone.
 
 Crash recovery needs no special path: after `kill -9` the ledger holds every block it
 said it committed, the signing log holds everything that was sent, the engine starts
@@ -437,8 +439,11 @@ def open_signing_log(paths: Paths) -> tuple[SigningLog, list[SignedRecord]]:
 class Resources:
     """What the daemon must release on any way out; `close` is idempotent.
 
-    Called from the trio thread only: at the end of `run`, or by a forced stop from a
-    task (so never while another task is inside a synchronous ledger or log write).
+    `close` runs at the end of `run`, once every task (and every worker thread a task
+    waits for) is done. A forced stop calls `abandon` instead: a commit write or a
+    signing-log append may then be running on a worker thread, and closing files under
+    it is worse than leaving them to the kernel; the store and the log are built to be
+    recovered from exactly that (a `kill -9`).
     """
 
     def __init__(self, paths: Paths, lock: HomeLock) -> None:
@@ -462,6 +467,15 @@ class Resources:
                     self.ledger.close()
             finally:
                 self.lock.release()
+
+    def abandon(self) -> None:
+        """Before `os._exit`: remove what tells clients a daemon is running; the kernel
+        closes the files and drops the lock when the process ends."""
+        if self.closed:
+            return
+        self.closed = True
+        self.paths.api_endpoint.unlink(missing_ok=True)
+        self.paths.pid.unlink(missing_ok=True)
 
 
 class Stopper:
@@ -509,10 +523,12 @@ class Stopper:
         self.request("shutdown event")
 
     def force(self, code: int, why: str) -> None:
-        """Exit now. Runs in the trio thread between tasks: no write is half done."""
+        """Exit now, from the trio thread between tasks: no write on this thread is half
+        done; one on a worker thread (a commit, a signing-log append) ends as under
+        `kill -9`, which the store and the log recover from by design."""
         log.warning("forced_stop", why=why, exit_code=code)
         try:
-            self.resources.close()
+            self.resources.abandon()
             log.info("stopped", forced=True)
         finally:
             _flush_logs()

@@ -15,7 +15,8 @@ drain):
   speak HTTP/1.1 over a small keep-alive pool of their own (`LeanClient`: httpx costs
   ~1-2 ms of CPU per request, which on two cores would be taken from the daemons).
 - commit confirmation, as the submitting client sees it. `--confirm blocks` (default):
-  a follower per node fetches each new block (`GET /v1/block/{h}`; between blocks it
+  a follower per node fetches each new block (`GET /v1/block/{h}?txs=ids`: ids only,
+  `--block-txs full` for the decoded descriptions; between blocks it
   long-polls `GET /v1/txs/{oldest pending}/wait`, so no busy polling) and the commit
   time of a transaction is when its client saw it in a block of the node it submitted
   to. `--confirm wait`: the submit request itself waits for the commit
@@ -172,6 +173,8 @@ class WorkerSpec:
     drain: float
     confirm: str
     submit: str
+    block_txs: str = "ids"
+    """What the follower asks of each block: transaction ids only, or full descriptions."""
 
 
 @dataclass
@@ -466,7 +469,7 @@ async def _worker(spec: WorkerSpec, keys: dict[int, SigningKey],
         h = nodes[node].start_height
         while True:
             try:
-                status, doc = await client.get(f"/v1/block/{h + 1}")
+                status, doc = await client.get(f"/v1/block/{h + 1}?txs={spec.block_txs}")
             except HttpFailure:
                 errors["follower http error"] += 1
                 await trio.sleep(0.1)
@@ -601,7 +604,8 @@ def _at_least(d: Daemon, height: int) -> Callable[[], bool]:
 def chain_window(d: Daemon, h0: int, h1: int) -> tuple[int, int, list[int]]:
     """(blocks, transactions, per-block counts) of heights h0+1..h1 on one node."""
     with d.client() as client:
-        counts = [len(client.get(f"block/{h}")["txs"]) for h in range(h0 + 1, h1 + 1)]
+        counts = [len(client.get(f"block/{h}", txs="ids")["txs"])
+                  for h in range(h0 + 1, h1 + 1)]
     return len(counts), sum(counts), counts
 
 
@@ -761,7 +765,8 @@ def load_phase(daemons: Sequence[Daemon], accounts: int,
             spec = WorkerSpec(
                 wi, chain_id, [NodeSpec(j, ends[j][0], ends[j][1], heights[j]) for j in mine],
                 [(i, i % n) for i in range(accounts) if (i % n) % w == wi],
-                args.warm, args.measure, args.drain, args.confirm, args.submit)
+                args.warm, args.measure, args.drain, args.confirm, args.submit,
+                args.block_txs)
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=worker_main, args=(spec, child), daemon=True)
             proc.start()
@@ -795,6 +800,7 @@ def load_phase(daemons: Sequence[Daemon], accounts: int,
         wall = time.monotonic() - wall0
         rss = {name: proc_rss_mib(pid) for name, pid in pids.items()}
         metrics1 = [d.call(lambda c: c.metrics()) for d in daemons]
+        lags = [d.call(lambda c: c.status()).get("loop_lag_ms") for d in daemons]
         for spy in profilers:
             try:
                 spy.wait(timeout=args.measure + 30)
@@ -813,6 +819,8 @@ def load_phase(daemons: Sequence[Daemon], accounts: int,
         assert len(hashes) == 1, f"nodes disagree at height {h1}: {hashes}"
         figures = _figures(n, accounts, args, t0, results, blocks, txs, per_block, wall,
                            (h0, h1), (cpu0, cpu1), rss, peak_rss, (metrics0, metrics1))
+        figures["loop_lag_ms"] = lags
+        figures["consensus_ms"] = consensus_timings(daemons, h0, h1)
         if args.profile:
             files = sorted((Path(args.profile) / f"n{n}-a{accounts}").glob("*.txt"))
             figures["profile"] = summarize_profiles(files)
@@ -826,6 +834,39 @@ def load_phase(daemons: Sequence[Daemon], accounts: int,
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=10)
+
+
+CONSENSUS_TIMINGS = (("commit", "ms"), ("commit", "loop_ms"), ("commit", "write_ms"),
+                     ("commit", "check_ms"), ("proposal_built", "ms"))
+"""(log event, field) of the daemons' per-block timings, in ms (`node/driver.py`)."""
+
+
+def consensus_timings(daemons: Sequence[Daemon], h0: int, h1: int) -> dict[str, list[float]]:
+    """p50/p90/max over every node's blocks h0+1..h1 of each of `CONSENSUS_TIMINGS`,
+    from the daemons' JSON log lines: what the consensus task spends per block, and
+    how much of it holds the event loop (fields a daemon does not log are left out)."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for d in daemons:
+        if not d.log_files or not d.log_files[-1].exists():
+            continue
+        for line in d.log_files[-1].read_text(errors="replace").splitlines():
+            if '"commit"' not in line and '"proposal_built"' not in line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if not h0 < int(rec.get("height", 0)) <= h1:
+                continue
+            for event, name in CONSENSUS_TIMINGS:
+                if rec.get("event") == event and isinstance(rec.get(name), int | float):
+                    values[f"{event}.{name}"].append(float(rec[name]))
+    out = {}
+    for key, vs in values.items():
+        vs.sort()
+        out[key] = [round(percentile(vs, 0.5), 1), round(percentile(vs, 0.9), 1),
+                    round(vs[-1], 1)]
+    return out
 
 
 GOSSIP_COUNTERS = {
@@ -909,7 +950,8 @@ def print_report(mach: dict[str, Any], runs: Sequence[dict[str, Any]], sign_rate
           + " ".join(f"{x:.2f}" for x in mach["load_before"]))
     print(f"Code: {mach['code']}" + (f"; daemon environment: {' '.join(mach['daemon_env'])}"
                                       if mach["daemon_env"] else ""))
-    print(f"Submission: {args.submit}; commit confirmation: {args.confirm}; "
+    print(f"Submission: {args.submit}; commit confirmation: {args.confirm} "
+          f"(block transactions: {args.block_txs}); "
           f"{args.warm:.0f} s warm-up, {args.measure:.0f} s measured per phase.")
     print(f"Generator signing alone (make_tx, one process): {sign_rate:,.0f} transfers/CPU-s")
     print()
@@ -926,6 +968,13 @@ def print_report(mach: dict[str, Any], runs: Sequence[dict[str, Any]], sign_rate
               f"{r['max_txs_per_block']}; client errors {r['errors'] or 'none'}; "
               f"load after {' '.join(f'{x:.2f}' for x in r['load_after'])}")
         print("  per node per second: " + "; ".join(f"{k} {v}" for k, v in g.items()))
+        if r.get("consensus_ms"):
+            print("  per block, ms [p50, p90, max] over all nodes: " + "; ".join(
+                f"{k} {v}" for k, v in r["consensus_ms"].items()))
+        lags = [lag for lag in r.get("loop_lag_ms", []) if lag and lag.get("samples")]
+        if lags:
+            print("  event-loop lag, ms [p50, p99, max] per node (last 2 min): " + "; ".join(
+                f"[{lag['p50']}, {lag['p99']}, {lag['max']}]" for lag in lags))
         if "profile" in r:
             print(f"\nWhere the daemons' time went ({r['nodes']} nodes, {r['accounts']} in "
                   f"flight):\n{r['profile']}")
@@ -943,6 +992,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="seconds after the window for the last transactions to confirm")
     ap.add_argument("--workers", type=int, default=1, help="generator processes")
     ap.add_argument("--confirm", choices=("blocks", "wait"), default="blocks")
+    ap.add_argument("--block-txs", choices=("ids", "full"), default="ids",
+                    help="what the block follower asks of each block: transaction ids "
+                         "(GET /v1/block/{h}?txs=ids, no decoding) or full descriptions "
+                         "(the daemons' previous only answer)")
     ap.add_argument("--submit", choices=("batch", "single"), default="batch",
                     help="POST /v1/txs with {'txs': [...]} gathered per node (default), or "
                          "one request per transaction (always with --confirm wait)")

@@ -9,14 +9,17 @@ durable before returning) and makes it the settled state.
 
 Everything here is synchronous and deterministic; the caller owns threads and clocks.
 Not thread-safe: execution writes into the in-memory state and rolls it back, so every
-call (queries through `state` included) must come from one thread at a time.
+call (queries through `state` included) must come from one thread at a time. The one
+exception is the store write of a commit (`prepare_commit` / `PendingCommit.write` /
+`finish_commit`), which touches no in-memory state and may run on a worker thread
+while the owner keeps reading.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from ledger.core import unpack_ids
@@ -54,12 +57,36 @@ from protocol.votes import Certificate, CertificateError, Evidence, ValidatorSet
 CACHE_BLOCKS = 8
 """Executed candidate blocks kept per height (a few rounds' proposals)."""
 
+RECENT_BLOCKS = 16
+"""Decoded committed blocks (and certificates) kept for history reads."""
+
 BLOCK_BYTES_MARGIN = 64 * 1024
 """Room left in a built block for its header, certificate and evidence."""
 
 
 class LedgerError(RuntimeError):
     """A ledger that cannot open, or a call that breaks the API's preconditions."""
+
+
+class PendingCommit:
+    """A checked block on its way into the store (`Ledger.prepare_commit`)."""
+
+    def __init__(self, block: Block, certificate: Certificate, block_hash: bytes,
+                 executed: Executed, write: Callable[[], None]) -> None:
+        self.block = block
+        self.certificate = certificate
+        self.block_hash = block_hash
+        self.executed = executed
+        self.height = block.height
+        self._write = write
+        self.written = False
+
+    def write(self) -> None:
+        """Commit the staged SQLite transaction (durable when this returns). It touches
+        no in-memory ledger state, so it may run on another thread than the ledger's."""
+        assert not self.written, "written twice"
+        self._write()
+        self.written = True
 
 
 class Ledger:
@@ -83,6 +110,9 @@ class Ledger:
         for h, packed in store.validator_history():
             self._add_validators(h, packed)
         self._cache: OrderedDict[bytes, Executed] = OrderedDict()
+        self._pending: PendingCommit | None = None
+        self._recent: OrderedDict[int, tuple[Block, Certificate]] = OrderedDict()
+        """Blocks committed through this object, newest last (immutable values)."""
 
     # ---- opening -------------------------------------------------------------------------
 
@@ -126,6 +156,12 @@ class Ledger:
 
     def close(self) -> None:
         self._store.close()
+
+    @property
+    def concurrent_commit_writes(self) -> bool:
+        """Whether `PendingCommit.write` may run on a worker thread while this object is
+        read on its own (a file store: see `ledger.store`)."""
+        return self._store.concurrent_writes
 
     # ---- chain facts ---------------------------------------------------------------------
 
@@ -184,6 +220,8 @@ class Ledger:
         ids are in `verified`. Evidence that does not check out is left out silently.
         Transactions beyond the block's size limits are neither included nor rejected.
         """
+        if self._pending is not None:
+            raise LedgerError(f"block {self._pending.height} is being committed")
         with gc_paused():
             return self._build_block(txs, time_ms, proposer, last_commit, evidence, verified)
 
@@ -274,7 +312,17 @@ class Ledger:
         `verified`: ids of transactions whose signatures the caller already checked.
         `known`: transactions the caller already decoded (and verified), by id, such as
         a mempool's; they are used instead of decoding the block's bytes again.
+
+        What makes skipping work safe: a transaction object from `known` is used only
+        if its `raw` bytes are identical to the bytes the block carries (its id alone
+        is not trusted), so it decodes to exactly what decoding the block would give;
+        and the caller promises that every object in `known`, and every id in
+        `verified`, had its signature verified under *this* ledger's chain id (a
+        signature for another commune verifies nothing here). A mempool of this chain
+        that admits only through `decode_tx(raw, chain_id)` keeps that promise.
         """
+        if self._pending is not None:
+            raise LedgerError(f"block {self._pending.height} is being committed")
         bh = block.hash()
         if bh in self._cache:
             return
@@ -346,43 +394,98 @@ class Ledger:
         while len(self._cache) > CACHE_BLOCKS:
             self._cache.popitem(last=False)
 
-    def commit(self, block: Block, certificate: Certificate) -> None:
-        """Make `block` the next committed block; durable before returning."""
-        with gc_paused():
-            self._commit(block, certificate)
+    def commit(self, block: Block, certificate: Certificate) -> list[Transaction]:
+        """Make `block` the next committed block; durable before returning.
 
-    def _commit(self, block: Block, certificate: Certificate) -> None:
-        bh = block.hash()
-        executed = self._cache.get(bh)
-        if executed is None or executed.settled_root != self.state_root \
-                or executed.height != self.height + 1:
-            self._check_block(block, bh, (), {})
-            executed = self._cache[bh]
+        Returns the block's transactions as executed (decoded, in block order), so the
+        caller need not decode the block's bytes again.
+        """
+        pending = self.prepare_commit(block, certificate)
         try:
-            certificate.verify(self.chain_id, self.validators_at(block.height), bh)
-        except CertificateError as exc:
-            raise BlockRejected(f"certificate does not commit block {block.height}: "
-                                f"{exc}") from None
-        self._store.commit_block(block.height, bh, block.header.time_ms, block.header.proposer,
-                                 executed.state_root, block.encode(),
-                                 encode(certificate.to_wire()), executed.outcomes,
-                                 executed.changes, executed.new_validators)
-        self._state.apply(executed.changes, executed.hash)
-        assert self._state.root() == executed.state_root
-        self.height = block.height
-        self.last_block_hash = bh
-        self.last_time_ms = block.header.time_ms
-        if executed.new_validators is not None:
-            self._add_validators(block.height + 2, executed.new_validators)
-        self._cache.clear()
+            pending.write()
+        except BaseException:
+            self.abort_commit(pending)
+            raise
+        return self.finish_commit(pending)
+
+    def prepare_commit(self, block: Block, certificate: Certificate) -> PendingCommit:
+        """The first of commit's three steps: check everything, stage the store write.
+
+        `commit` = `prepare_commit` (checks, and every insert of the block's SQLite
+        transaction, not yet committed), then `PendingCommit.write` (its COMMIT: the
+        fsync), then `finish_commit` (the in-memory state and the chain facts). The
+        split lets a caller run the write -- most of a commit's wall time -- off its
+        own thread: it is one SQLite statement on the store's writer connection, with
+        Python's GIL released while the disk works, and until `finish_commit` every
+        fact of this ledger (height, state, queries) stays at the last committed
+        block. Between prepare and finish only reads and `check_tx` are allowed; a
+        second commit, a block check or a block build raise `LedgerError`.
+        """
+        if self._pending is not None:
+            raise LedgerError(f"block {self._pending.height} is being committed")
+        with gc_paused():
+            bh = block.hash()
+            executed = self._cache.get(bh)
+            if executed is None or executed.settled_root != self.state_root \
+                    or executed.height != self.height + 1:
+                self._check_block(block, bh, (), {})
+                executed = self._cache[bh]
+            try:
+                certificate.verify(self.chain_id, self.validators_at(block.height), bh)
+            except CertificateError as exc:
+                raise BlockRejected(f"certificate does not commit block {block.height}: "
+                                    f"{exc}") from None
+            self._store.stage_block(block.height, bh, block.header.time_ms,
+                                    block.header.proposer, executed.state_root,
+                                    block.encode(), encode(certificate.to_wire()),
+                                    executed.outcomes, executed.changes,
+                                    executed.new_validators)
+            self._pending = PendingCommit(block, certificate, bh, executed,
+                                          self._store.commit_staged)
+            return self._pending
+
+    def abort_commit(self, pending: PendingCommit) -> None:
+        """Forget a prepared commit that was not written (its staged rows are undone)."""
+        assert pending is self._pending, "not the commit in progress"
+        assert not pending.written, "a written commit is finished, not aborted"
+        self._store.rollback_staged()
+        self._pending = None
+
+    def finish_commit(self, pending: PendingCommit) -> list[Transaction]:
+        """After a successful `PendingCommit.write`: the block becomes the settled state."""
+        assert pending is self._pending, "not the commit in progress"
+        assert pending.written, "finish_commit before the write"
+        block, executed = pending.block, pending.executed
+        with gc_paused():
+            self._state.apply(executed.changes, executed.hash)
+            assert self._state.root() == executed.state_root
+            self.height = block.height
+            self.last_block_hash = pending.block_hash
+            self.last_time_ms = block.header.time_ms
+            if executed.new_validators is not None:
+                self._add_validators(block.height + 2, executed.new_validators)
+            self._cache.clear()
+            self._pending = None
+        self._recent[block.height] = (block, pending.certificate)
+        while len(self._recent) > RECENT_BLOCKS:
+            self._recent.popitem(last=False)
+        return list(executed.included)
 
     # ---- history -------------------------------------------------------------------------
 
     def block(self, height: int) -> Block | None:
+        """A committed block; the last `RECENT_BLOCKS` ones without a store read or a
+        decode (the node asks for the block it just committed several times over)."""
+        recent = self._recent.get(height)
+        if recent is not None:
+            return recent[0]
         raw = self._store.block_raw(height)
         return None if raw is None else Block.decode(raw)
 
     def certificate(self, height: int) -> Certificate | None:
+        recent = self._recent.get(height)
+        if recent is not None:
+            return recent[1]
         raw = self._store.certificate_raw(height)
         if raw is None:
             return None

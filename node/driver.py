@@ -5,13 +5,17 @@ decide everything; this module only carries out what they ask, with real I/O:
 
 - every engine input goes through one queue consumed by one task (`_consensus_loop`),
   so the engine sees one call at a time and its effects run in the order returned;
-- `PersistSigned` records go to the signing log (one fsync per batch) *before* any
-  later effect of the same batch runs -- in particular before the signed message is
-  broadcast (DESIGN 5: no double signing across crashes);
+- `PersistSigned` records go to the signing log (one fsync per batch, on a worker
+  thread that the consensus task waits for) *before* any later effect of the same
+  batch runs -- in particular before the signed message is broadcast (DESIGN 5: no
+  double signing across crashes);
 - timers are trio tasks that feed `Timeout`s back into the queue;
 - `RequestProposal` builds a block from the mempool through the ledger,
-  `ValidateBlock` asks the ledger, `Commit` commits through the ledger (durably, in
-  one SQLite transaction) and starts the next height;
+  `ValidateBlock` asks the ledger (transactions the mempool already decoded and
+  verified are taken from it, not decoded again), `Commit` commits through the
+  ledger (durably, in one SQLite transaction written on a worker thread, so the
+  event loop keeps serving gossip and the API during the fsync; see
+  `_commit_durably`) and starts the next height;
 - block sync runs beside consensus: peers' heights come from a status exchange on the
   sync request/response protocol (every few seconds, and at once when the engine says
   we are `Behind`), blocks come back with their certificates, and each is applied
@@ -38,12 +42,13 @@ import dataclasses
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
 
+from ledger.ledger import PendingCommit
 from node.logs import get_logger
 from node.mempool import AddResult, Mempool
 from node.metrics import Metrics
@@ -82,7 +87,7 @@ from protocol.sync import (
     encode_sync_message,
     serve,
 )
-from protocol.transactions import MAX_TX_BYTES, Transaction, TxError, decode_tx
+from protocol.transactions import MAX_TX_BYTES, Transaction
 from protocol.votes import Certificate, Evidence, ValidatorSet, Vote
 
 log = get_logger("driver")
@@ -110,6 +115,10 @@ GOSSIP_BATCH_DELAY = 0.02
 """Seconds a new transaction may wait for others to share its gossip message."""
 GOSSIP_QUEUE_BYTES = 8 * 1024 * 1024
 """Bytes waiting to be gossiped above which mempool repairs are skipped."""
+LAG_PROBE_INTERVAL = 0.05
+"""Seconds between event-loop lag probes (a sleeping task measures its oversleep)."""
+LAG_SAMPLES = 2400
+"""Lag probes kept for `status` (two minutes at the probe interval)."""
 
 
 def encode_tx_batch(raws: Sequence[bytes]) -> bytes:
@@ -162,9 +171,17 @@ class LedgerLike(Protocol):
                     verified: Collection[bytes] = ()
                     ) -> tuple[Block, list[tuple[bytes, str]]]: ...
 
-    def check_block(self, block: Block, verified: Collection[bytes] = ()) -> None: ...
+    def check_block(self, block: Block, verified: Collection[bytes] = (),
+                    known: Mapping[bytes, Transaction] | None = None) -> None: ...
 
-    def commit(self, block: Block, certificate: Certificate) -> None: ...
+    @property
+    def concurrent_commit_writes(self) -> bool: ...
+
+    def prepare_commit(self, block: Block, certificate: Certificate) -> PendingCommit: ...
+
+    def abort_commit(self, pending: PendingCommit) -> None: ...
+
+    def finish_commit(self, pending: PendingCommit) -> list[Transaction]: ...
 
     def block(self, height: int) -> Block | None: ...
 
@@ -185,6 +202,40 @@ class NetLike(Protocol):
                       timeout: float = 10.0, max_response_size: int | None = None) -> bytes: ...
 
     def penalize(self, peer_id: str, reason: str, weight: float = 1.0) -> None: ...
+
+
+class MempoolTxs(Mapping[bytes, Transaction]):
+    """The mempool's decoded transactions by id, as `Ledger.check_block(known=...)` takes
+    them, so a block of transactions this node already admitted is neither decoded nor
+    verified a second time.
+
+    Safe because the mempool admits only through `decode_tx(raw, chain_id)` with this
+    node's chain id, which verifies the signature under that chain id, and the ledger
+    uses an entry only if its raw bytes are identical to the bytes in the block (see
+    `Ledger.check_block`). A live view: nothing is copied per block.
+    """
+
+    def __init__(self, mempool: Mempool) -> None:
+        self._mempool = mempool
+
+    def __getitem__(self, txid: bytes) -> Transaction:
+        tx = self._mempool.get(txid)
+        if tx is None:
+            raise KeyError(txid)
+        return tx
+
+    def get(self, txid: bytes, default: Any = None) -> Any:
+        tx = self._mempool.get(txid)
+        return default if tx is None else tx
+
+    def __contains__(self, txid: object) -> bool:
+        return txid in self._mempool
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(list(self._mempool.verified_ids()))
+
+    def __len__(self) -> int:
+        return len(self._mempool)
 
 
 @dataclass
@@ -233,6 +284,12 @@ class Driver:
         self._commit_event = trio.Event()
         self._status_wakeup = trio.Event()
         self._last_commit_wall: float | None = None
+        self._known = MempoolTxs(mempool)
+        self._checked: tuple[bytes, float] = (b"", 0.0)
+        """(hash, seconds) of the last block check: for the commit log line."""
+        self._commit_times = (0.0, 0.0, 0.0)
+        """(total, on the event loop, store write) seconds of the last commit."""
+        self._lags: deque[float] = deque(maxlen=LAG_SAMPLES)
         self.started = trio.Event()
         self.fatal: BaseException | None = None
 
@@ -252,7 +309,29 @@ class Driver:
                 "mempool_bytes": self.mempool.size_bytes,
                 "pending_evidence": len(self._evidence),
                 "input_queue": self._queue_length(), "busy": self._busy,
-                "decided": e.decided is not None, "timers": self._timers}
+                "decided": e.decided is not None, "timers": self._timers,
+                "loop_lag_ms": self.loop_lag()}
+
+    def loop_lag(self) -> dict[str, float | int]:
+        """How late a task that asked to wake up was woken, over the last two minutes
+        (ms; percentiles of `LAG_PROBE_INTERVAL` probes): how long the event loop is
+        held by synchronous work -- block checks, builds, gossip validation, queries --
+        and so how long gossip, the API and timers wait behind it."""
+        lags = sorted(self._lags)
+        if not lags:
+            return {"samples": 0}
+
+        def at(q: float) -> float:
+            return round(lags[min(len(lags) - 1, int(q * len(lags)))] * 1000, 1)
+
+        return {"samples": len(lags), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99),
+                "max": round(lags[-1] * 1000, 1)}
+
+    async def _lag_probe(self) -> None:
+        while True:
+            asked = trio.current_time() + LAG_PROBE_INTERVAL
+            await trio.sleep_until(asked)
+            self._lags.append(max(0.0, trio.current_time() - asked))
 
     async def commit_happened(self) -> None:
         """Return at the next commit (of any height)."""
@@ -353,6 +432,7 @@ class Driver:
             nursery.start_soon(self._sync_ticker)
             nursery.start_soon(self._regossip_loop)
             nursery.start_soon(self._gossip_flusher)
+            nursery.start_soon(self._lag_probe)
             self._put("start", None)
             await self.started.wait()
             task_status.started()
@@ -431,7 +511,7 @@ class Driver:
                 records.append(eff.record)
                 continue
             if records:
-                self._persist(records)
+                await self._persist(records)
                 records = []
             if isinstance(eff, Broadcast):
                 self._busy = "broadcast"
@@ -453,11 +533,20 @@ class Driver:
             else:  # pragma: no cover
                 raise AssertionError(f"unknown effect {eff!r}")
         if records:
-            self._persist(records)
+            await self._persist(records)
 
-    def _persist(self, records: list[SignedRecord]) -> None:
-        """Durable before anything that follows: a failure here stops the node."""
-        self.signing_log.append_many([r.encode() for r in records])
+    async def _persist(self, records: list[SignedRecord]) -> None:
+        """Durable before anything that follows: a failure here stops the node.
+
+        The append and its fsync run on a worker thread while the consensus task waits
+        for them, so nothing that follows (the broadcast of what was signed) runs before
+        the records are durable, and the event loop serves gossip and the API meanwhile.
+        Only this task touches the signing log, one call at a time. Shielded: a stopping
+        daemon finishes the append it started (one fsync) rather than abandon it.
+        """
+        raws = [r.encode() for r in records]
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self.signing_log.append_many, raws)
         self._records.extend(records)
         for r in records:
             self.metrics.signed.labels(r.step.value).inc()
@@ -494,18 +583,22 @@ class Driver:
         return self.engine.on_proposal_ready(now_ms(), h, req.round, block)
 
     def _check_block(self, block: Block) -> str | None:
-        """The ledger's verdict; transactions our mempool verified are not verified again."""
+        """The ledger's verdict; transactions our mempool holds are neither decoded nor
+        verified again (`MempoolTxs` says why that is safe)."""
+        started = time.perf_counter()
         try:
-            self.ledger.check_block(block, verified=self.mempool.verified_ids())
+            self.ledger.check_block(block, verified=self.mempool.verified_ids(),
+                                    known=self._known)
         except Exception as exc:  # BlockRejected, or anything else: not a block we accept
             return getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+        finally:
+            self._checked = (block.hash(), time.perf_counter() - started)
         return None
 
     def _validate(self, block: Block) -> list[Effect]:
-        started = time.perf_counter()
         reason = self._check_block(block)
         log.debug("block_checked", height=block.height, txs=len(block.txs), ok=reason is None,
-                  ms=round((time.perf_counter() - started) * 1000, 1))
+                  ms=round(self._checked[1] * 1000, 1))
         if reason is not None:
             log.warning("block_refused", height=block.height, reason=reason,
                         proposer=block.header.proposer)
@@ -516,9 +609,8 @@ class Driver:
         h = block.height
         if h != self.ledger.height + 1:
             return []  # sync got there first
-        started = time.perf_counter()
-        self.ledger.commit(block, cert)
-        self._after_commit(block, cert, source, time.perf_counter() - started)
+        txs = await self._commit_durably(block, cert)
+        self._after_commit(block, cert, source, txs)
         effects = self._start_height(now_ms())
         # Sync learns every commit, whichever path produced it.
         sync_effects = self.sync.on_applied(now_ms(), h, block.hash(),
@@ -526,15 +618,51 @@ class Driver:
         await self._run_sync_effects(sync_effects)
         return effects
 
-    def _after_commit(self, block: Block, cert: Certificate, source: str,
-                      seconds: float) -> None:
-        h = block.height
-        txs: list[Transaction] = []
-        for raw in block.txs:
+    async def _commit_durably(self, block: Block, cert: Certificate) -> list[Transaction]:
+        """Commit through the ledger; returns the block's transactions as executed.
+
+        The store write (one SQLite transaction and its fsync, most of a commit's wall
+        time) runs on a worker thread when the store allows it, so gossip admission,
+        the API and sync serving go on meanwhile. What keeps that safe:
+
+        - the consensus task awaits the write: the engine hears of the commit, and the
+          next height starts, only after the block is durable (kill -9 at any instant
+          loses nothing that was announced);
+        - until `finish_commit` the ledger's height, state and queries stay at the last
+          committed block; the write touches only the store's writer connection, and
+          readers on the loop thread use the other one, which sees committed data only;
+        - the whole sequence is shielded from cancellation: a stopping daemon finishes
+          the commit (bounded by one fsync) rather than leave the in-memory ledger
+          behind its store.
+        """
+        ledger = self.ledger
+        t0 = time.perf_counter()
+        with trio.CancelScope(shield=True):
+            pending = ledger.prepare_commit(block, cert)
+            t1 = time.perf_counter()
             try:
-                txs.append(decode_tx(raw))
-            except TxError:  # pragma: no cover - the ledger committed it, so it decodes
-                continue
+                if ledger.concurrent_commit_writes:
+                    self._busy = "commit_write"
+                    await trio.to_thread.run_sync(pending.write)
+                else:
+                    pending.write()
+            finally:
+                # Whatever happened, the in-memory ledger follows the store: a durable
+                # block is finished, one that is not is forgotten.
+                t2 = time.perf_counter()
+                if pending.written:
+                    txs = ledger.finish_commit(pending)
+                else:
+                    ledger.abort_commit(pending)
+        t3 = time.perf_counter()
+        self._commit_times = (t3 - t0, (t1 - t0) + (t3 - t2), t2 - t1)
+        return txs
+
+    def _after_commit(self, block: Block, cert: Certificate, source: str,
+                      txs: Sequence[Transaction]) -> None:
+        h = block.height
+        total, on_loop, write = self._commit_times
+        checked_hash, check_s = self._checked
         now = time.monotonic()
         for tx in txs:
             added = self.mempool.added_at(tx.id)
@@ -554,7 +682,9 @@ class Driver:
             m.block_interval.observe(now - self._last_commit_wall)
         self._last_commit_wall = now
         log.info("commit", height=h, hash=block.hash(), txs=len(txs), round=cert.round,
-                 source=source, dropped=len(dropped), ms=round(seconds * 1000, 1))
+                 source=source, dropped=len(dropped), ms=round(total * 1000, 1),
+                 loop_ms=round(on_loop * 1000, 1), write_ms=round(write * 1000, 1),
+                 check_ms=round(check_s * 1000, 1) if checked_hash == block.hash() else None)
         self._follow_params()
         self._compact_signing_log(h)
         for hook in self.hooks.committed:
@@ -755,14 +885,13 @@ class Driver:
         reason = self._check_block(block)
         if reason is not None:
             return self.sync.on_apply_failed(now_ms(), h, reason)
-        started = time.perf_counter()
         try:
-            self.ledger.commit(block, cert)
+            txs = await self._commit_durably(block, cert)
         except Exception as exc:
             log.exception("synced_block_commit_failed", height=h)
             return self.sync.on_apply_failed(now_ms(), h, str(exc))
         self.metrics.synced_blocks.inc()
-        self._after_commit(block, cert, f"sync:{eff.peer}", time.perf_counter() - started)
+        self._after_commit(block, cert, f"sync:{eff.peer}", txs)
         await self._execute(self._start_height(now_ms()))
         return self.sync.on_applied(now_ms(), h, block.hash(), self.ledger.validators_at(h + 1))
 

@@ -629,6 +629,13 @@ async def _run(home: Path, key: SigningKey, signals: Any, shutdown: trio.Event |
                     await _serve(node, paths, cfg, stopper, task_status)
                 finally:
                     outer.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            refusal = _daemon_error_in(group)
+            if refusal is None:
+                log.exception("crashed")
+                raise
+            log.error("start_failed", error=refusal.message)
+            raise refusal from None
         except Exception:
             log.exception("crashed")
             raise
@@ -645,23 +652,74 @@ async def _serve(node: Node, paths: Paths, cfg: Config, stopper: Stopper,
     stop = stopper.requested
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_when_requested, stopper, nursery.cancel_scope)
-        await nursery.start(node.net.run)
+        await _listen(nursery, "the peer-to-peer network", ", ".join(cfg.listen),
+                      "[network] listen", node.net.run)
         tx_topic, consensus_topic = topics(node.chain_id)
         await nursery.start(node.driver.run, node.net.subscribe(tx_topic),
                             node.net.subscribe(consensus_topic))
         from node import actions
 
         nursery.start_soon(actions.run, node)
-        host, port = await nursery.start(api.serve_app, app, cfg.api_host, cfg.api_port, stop)
+        host, port = await _listen(nursery, "the control API",
+                                   f"{cfg.api_host}:{cfg.api_port}",
+                                   "[api] port (0 picks a free one)",
+                                   api.serve_app, app, cfg.api_host, cfg.api_port, stop)
         if cfg.metrics_enabled:
-            await nursery.start(lambda task_status: api.serve_app(
-                api.metrics_app(node.metrics), cfg.metrics_host, cfg.metrics_port, stop,
-                task_status=task_status, loopback_only=False))
+            await _listen(nursery, "the metrics endpoint",
+                          f"{cfg.metrics_host}:{cfg.metrics_port}", "[metrics] port",
+                          lambda task_status: api.serve_app(
+                              api.metrics_app(node.metrics), cfg.metrics_host,
+                              cfg.metrics_port, stop, task_status=task_status,
+                              loopback_only=False))
         node.api_url = api.base_url(host, port)
         api.write_endpoint(paths.api_endpoint, host, port)
         log.info("ready", api=node.api_url, peer_id=node.net.peer_id,
                  listen=node.net.listen_addrs)
         task_status.started(Started(node.api_url, node.net.peer_id, node.net.listen_addrs))
+
+
+BIND_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+
+
+async def _listen(nursery: trio.Nursery, what: str, where: str, setting: str,
+                  fn: Any, *args: Any) -> Any:
+    """`nursery.start(fn, *args)`, with an address that cannot be bound reported as what
+    it is (a configuration problem, `DaemonError`), not as a crash."""
+    try:
+        return await nursery.start(fn, *args)
+    except (OSError, BaseExceptionGroup) as exc:
+        err = _bind_error(exc)
+        if err is None:
+            raise
+        raise DaemonError(f"cannot listen for {what} on {where}: {err.strerror or err}; "
+                          f"another program (another daemon?) may hold it: stop it or change "
+                          f"{setting} in the config", "failed") from None
+
+
+def _bind_error(exc: BaseException) -> OSError | None:
+    if isinstance(exc, OSError):
+        return exc if exc.errno in BIND_ERRNOS else None
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _bind_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _daemon_error_in(group: BaseExceptionGroup) -> DaemonError | None:
+    """The refusal inside a nursery's exception group, if that is all it holds (the
+    other tasks' cancellations aside)."""
+    matched, rest = group.split(DaemonError)
+    if matched is None:
+        return None
+    if rest is not None and rest.split(trio.Cancelled)[1] is not None:
+        return None
+    first: BaseException = matched
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    assert isinstance(first, DaemonError)
+    return first
 
 
 async def _stop_when_requested(stopper: Stopper, scope: trio.CancelScope) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,23 @@ def test_second_signal_and_overrun_stops_exit_safely(tmp_path: Path) -> None:
     finally:
         if d.running():
             d.kill()
+
+
+def test_a_taken_api_port_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    (d,), _ = make_commune(tmp_path, 1, label="daemon-port")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        text = d.paths.config.read_text()
+        d.paths.config.write_text(re.sub(r"(?m)^port = 0$", f"port = {port}", text, count=1))
+        d.start()
+        try:
+            assert d.proc is not None and d.proc.wait(timeout=60) == 1
+        finally:
+            if d.running():
+                d.kill()
+    tail = d.tail(5)
+    assert f"error: cannot listen for the control API on 127.0.0.1:{port}" in tail
+    assert "[api] port" in tail and "internal error" not in tail
+    assert not d.paths.api_endpoint.exists() and not d.paths.pid.exists()

@@ -642,8 +642,12 @@ def _finish_tx(result: dict[str, Any], wait: bool, as_json: bool) -> None:
         problem = (f"transaction {txid} is not known to the node any more (not committed, "
                    "and no record of why it left the mempool); submit it again", Exit.FAILED)
     elif wait and status == "pending":
-        problem = (f"transaction {txid} is not committed yet (still pending); check later "
-                   f"with `commune tx wait {txid}`", Exit.TIMEOUT)
+        gap = result.get("waiting_for_nonce")
+        why = (f"it waits for its signer's transaction with nonce {gap}, which this node "
+               "does not have (dropped, or not received yet)" if gap is not None
+               else "still pending")
+        problem = (f"transaction {txid} is not committed yet ({why}); check later with "
+                   f"`commune tx wait {txid}`", Exit.TIMEOUT)
     if problem is None:
         emit(result, as_json, _show_tx_result)
         return
@@ -721,9 +725,9 @@ def daemon(home: Path | None, passphrase_file: Path | None) -> None:
 
     Stops cleanly on Ctrl-C or SIGTERM (exit code 0). A second signal while stopping
     exits at once (130), a stop longer than [daemon] stop_timeout exits too (1); both
-    leave the files as kill -9 would, which the next start recovers from. Logs are JSON lines on stderr and in HOME/logs/. Other
-    commands talk to it through the API address in HOME/api.json with the token in
-    HOME/api.token.
+    leave the files as kill -9 would, which the next start recovers from. Logs are JSON
+    lines on stderr and in HOME/logs/. Other commands talk to it through the API address
+    in HOME/api.json with the token in HOME/api.token.
     """
     from node import daemon as node_daemon
 
@@ -1337,7 +1341,8 @@ def tx_show(txid: str, home: Path | None, as_json: bool) -> None:
 
 
 def _show_tx(console: Console, d: dict[str, Any]) -> None:
-    _kv(console, d, ["id", "status", "kind", "signer", "nonce", "height", "index", "reason"])
+    _kv(console, d, ["id", "status", "kind", "signer", "nonce", "waiting_for_nonce", "height",
+                     "index", "reason"])
     if d.get("status") == "rejected" and "stage" in d:
         where = REJECTION_STAGES.get(str(d["stage"]), str(d["stage"]))
         console.print(f"{'rejected':>18}: {where}; "

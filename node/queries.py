@@ -235,7 +235,11 @@ def tx_status(node: Any, txid: bytes) -> dict[str, Any]:
         return out
     pending = node.mempool.get(txid)
     if pending is not None:
-        return {"id": txid.hex(), "status": "pending", **_describe(pending.raw)}
+        out = {"id": txid.hex(), "status": "pending", **_describe(pending.raw)}
+        ready = node.mempool.pending_nonce(pending.signer) + 1
+        if pending.nonce > ready:  # held until its signer's missing nonce arrives
+            out["waiting_for_nonce"] = ready
+        return out
     rejection = node.mempool.rejection(txid)
     if rejection is not None:  # reason, stage (where it was refused), final (for good?)
         return {"id": txid.hex(), "status": "rejected", **rejection.to_json()}

@@ -38,6 +38,7 @@ def test_funds_spent_by_a_committed_transaction_of_the_same_signer() -> None:
     # Ours waits behind nonce 1 (gapped: admitted on its structure and signature).
     ours = h.tx(f2, "account.transfer", {"to": OUTSIDER, "amount": 60}, nonce=2)
     assert mp.add(ours.raw, now=0).status == "added"
+    assert status(h, mp, ours.id)["waiting_for_nonce"] == 1
     # Another node's transaction with nonce 1 spends the funds and commits.
     theirs = h.tx(f2, "account.transfer", {"to": OUTSIDER, "amount": 60}, nonce=1)
     h.block([theirs])
@@ -58,6 +59,7 @@ def test_nonce_used_by_another_committed_transaction_is_final() -> None:
     f2 = h.founders[2]
     ours = h.tx(f2, "account.transfer", {"to": OUTSIDER, "amount": 10}, nonce=1)
     assert mp.add(ours.raw, now=0).status == "added"
+    assert "waiting_for_nonce" not in status(h, mp, ours.id)
     theirs = h.tx(f2, "account.transfer", {"to": OUTSIDER, "amount": 20}, nonce=1)
     h.block([theirs])
     mp.block_committed([theirs])

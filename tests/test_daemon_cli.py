@@ -83,6 +83,9 @@ def test_rejections_are_explained_by_tx_show_and_tx_wait(solo: tuple[Daemon, Gen
     spender = make_tx(d.key, genesis.chain_id, "account.transfer", n + 1,
                       {"to": SigningKey.derive("daemon-cli", "other").public, "amount": 600})
     assert d.call(lambda c: c.submit(ours.raw))["status"] == "pending"
+    held = cli(d, "tx", "wait", ours.id.hex(), "--timeout", "0")
+    assert held.returncode == 7 and f"nonce {n + 1}" in held.stderr, held.stderr
+    assert cli_json(d, "tx", "show", ours.id.hex())["waiting_for_nonce"] == n + 1
     assert d.call(lambda c: c.submit(spender.raw, wait=30))["status"] == "committed"
     waited = cli(d, "tx", "wait", ours.id.hex(), "--timeout", "30", "--json")
     assert waited.returncode == 1, waited.stderr

@@ -761,11 +761,11 @@ def _sync_line(s: dict[str, Any]) -> str:
 
 
 def _synced(s: dict[str, Any]) -> bool:
-    """Caught up: not fetching blocks, and either a peer confirmed the height or this node
-    is the commune's only validator (nobody else to ask)."""
+    """Caught up: not fetching blocks, and either a peer reported a height (so there is
+    something to compare with) or this node is the commune's only validator."""
     alone = bool(s.get("is_validator")) and int(s.get("validators", 0)) == 1
-    return not s.get("syncing") and int(s.get("behind", 0)) <= 1 and \
-        (int(s.get("peers", 0)) > 0 or alone)
+    heard = int(s.get("peers", 0)) > 0 and int(s.get("best_peer_height", 0) or 0) > 0
+    return not s.get("syncing") and int(s.get("behind", 0)) <= 1 and (heard or alone)
 
 
 @cli.command()

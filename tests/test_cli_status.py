@@ -34,6 +34,7 @@ def test_synced_needs_a_peer_unless_alone() -> None:
     assert cli._synced(status(10, 10)) and cli._synced(status(10, 11))
     assert not cli._synced(status(10, 40))
     assert not cli._synced(status(10, 10, peers=0))  # nobody confirmed the height yet
+    assert not cli._synced(status(0, 0))  # peers, but none has reported its height
     assert cli._synced(status(10, 10, peers=0, is_validator=True, validators=1))
 
 

@@ -48,6 +48,30 @@ Findings about py-libp2p 0.8.1 (measured on loopback; see tests/test_net.py):
   ~1000 in `equivocation_detection`; we trim it every second.
 - Validators run on this node's own publishes too; a validator that raises
   would crash the pubsub task, so ours are wrapped and a raise is a reject.
+- Hostile peers (tests/test_net_wire.py probes every layer; each finding is
+  fixed here without touching the library): an exception escaping any
+  protocol handler stops the swarm, the host and the process (`_Host` guards
+  every inbound stream; c93320d found it for gossip). Yamux buffers data past
+  the receive window it granted, only logging it (64 MiB into one unread
+  stream in seconds), accepts any frame version and type, and retries a dead
+  connection every 10 ms when a write fails (`_YamuxWatch`). GossipSub handles
+  any number of control entries per RPC and answers a GRAFT for a topic it
+  has not joined with a PRUNE and peer records: 20 000 in one 300 KB RPC held
+  the event loop 8 s (`_trim_rpc`); it also verifies an RPC's signed peer
+  record twice. Pubsub reads any number of inbound streams per peer, a
+  message whose key does not parse raises in its task, and nothing bounds
+  streams per peer (the resource manager counts them in total only).
+  Request/response takes one of a protocol's inbound slots, shared by all
+  peers, before reading the request: one peer with 64 half-written requests
+  refused everyone's for 30 s (`_RequestResponse`); a bad length varint is
+  logged as an unexpected failure with a traceback. Identify push reads with
+  no deadline. On cancellation the swarm's teardown stops at its first await:
+  the listener went on accepting after `run` returned (`_close_swarm`).
+  Not fixed: inbound connection slots (128 established, 64 in handshake)
+  have no allowlist, so free identities can fill them and keep other peers
+  from dialling in (our own dials still go out, and connections that never
+  finish the handshake are dropped after 10 s); a message with a bad
+  signature is dropped without a penalty (its cost: one verification).
 - Unbounded inside the library, out of our reach: Pubsub spawns one task per
   inbound message before validation. The rate limit is a per-forwarder list
   scanned on every message (cost grows with the limit: ~2000 entries here).
@@ -61,6 +85,7 @@ import contextlib
 import logging
 import random
 import secrets
+import struct
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -76,13 +101,17 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pa
 from libp2p.custom_types import TProtocol
 from libp2p.exceptions import ParseError
 from libp2p.host.basic_host import BasicHost
+from libp2p.io.exceptions import IOException, MessageTooLarge
 from libp2p.network.config import ConnectionConfig, RetryConfig
+from libp2p.network.connection.exceptions import RawConnError
+from libp2p.network.stream.exceptions import StreamEOF, StreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.rpc_queue import RpcQueue
+from libp2p.pubsub.utils import maybe_consume_signed_record
 from libp2p.rcmgr.connection_limits import ConnectionLimits
 from libp2p.rcmgr.manager import ResourceLimits, new_resource_manager
 from libp2p.request_response import (
@@ -90,6 +119,7 @@ from libp2p.request_response import (
     MessageTooLargeError,
     ProtocolNotSupportedError,
     RequestContext,
+    RequestDecodeError,
     RequestResponse,
     RequestResponseConfig,
     RequestResponseError,
@@ -97,9 +127,13 @@ from libp2p.request_response import (
 )
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
+from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE as YAMUX_INITIAL_WINDOW
+from libp2p.stream_muxer.yamux.yamux import MAX_WINDOW_SIZE as YAMUX_MAX_WINDOW
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
+from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
 from node.net_peers import PeerBook
 from protocol.encoding import DecodeError, decode, encode
@@ -116,6 +150,7 @@ MAX_FRAME = 6 * MiB
 # the sender's key and signature, and the signed peer record of the RPC.
 RPC_OVERHEAD = 64 * 1024
 PEER_EXCHANGE_PROTOCOL = "/venture-commune/peers/1.0.0"
+IDENTIFY_PUSH_PROTOCOL = "/ipfs/id/push/1.0.0"
 MAX_PEER_EXCHANGE_REPLY = 256 * 1024
 
 
@@ -131,6 +166,7 @@ class NetLimits:
     max_messages_per_topic_per_second: float = 2000.0  # per forwarding peer
     max_concurrent_requests_per_peer: int = 8  # each way
     max_concurrent_inbound_per_protocol: int = 64
+    max_streams_per_peer: int = 64  # inbound, all protocols together
     handler_timeout: float = 30.0  # an inbound request, from first byte to reply
     max_peers: int = 64
     dial_timeout: float = 5.0
@@ -227,6 +263,83 @@ def split_p2p_addr(addr: str) -> tuple[str, str]:
     return str(peer_id), transport
 
 
+# What an honest /meshsub/1.1.0 peer of this commune sends in one RPC, at most.
+MAX_PUBLISH_PER_RPC = 1024
+MAX_CONTROL_IDS = 5000  # IHAVE and IWANT message ids (go-libp2p's MaxIHaveLength)
+MAX_PRUNE_PEERS = 16  # peer exchange records in one PRUNE (go-libp2p's PrunePeers)
+MAX_UNKNOWN_TOPIC_ENTRIES = 64
+MAX_PUBSUB_STREAMS_PER_PEER = 3
+BAN = float("inf")  # a violation weight: cut the peer off at once
+
+
+def _trim_rpc(rpc: rpc_pb2.RPC, topics: frozenset[str], max_subscriptions: int) -> str:
+    """Cut an inbound RPC down to what /meshsub/1.1.0 needs here; say what was over a bound.
+
+    GossipSub handles each control entry on its own, however many come in one
+    RPC, and answers a GRAFT for a topic this node has not joined with a PRUNE
+    carrying signed peer records: one 300 KB RPC of 20 000 such GRAFTs held the
+    event loop for 8 s (a 4 MiB one would hold it for minutes); 5 000 IHAVEs for
+    unknown topics, 0.9 s. Entries for topics not joined are dropped (go-libp2p
+    ignores them too), counts are capped, and the v1.2/v1.3 fields (IDONTWANT,
+    extensions, topic observation) are dropped since this node speaks v1.1.
+    Dropping is silent unless a bound was exceeded: then the caller penalizes.
+    """
+    excess: list[str] = []
+    if len(rpc.publish) > MAX_PUBLISH_PER_RPC:
+        excess.append(f"{len(rpc.publish)} messages")
+        del rpc.publish[MAX_PUBLISH_PER_RPC:]
+    if len(rpc.subscriptions) > max_subscriptions:
+        excess.append(f"{len(rpc.subscriptions)} subscriptions")
+        del rpc.subscriptions[:]
+    if not rpc.HasField("control"):
+        return ", ".join(excess)
+    control = rpc.control
+    kept = rpc_pb2.ControlMessage()
+    unknown = 0
+    budget = MAX_CONTROL_IDS
+    for ihave in control.ihave:
+        if ihave.topicID not in topics:
+            unknown += 1
+            continue
+        ids = list(ihave.messageIDs[:budget])
+        budget -= len(ids)
+        if ids:
+            kept.ihave.add(topicID=ihave.topicID, messageIDs=ids)
+    wanted = sum(len(iwant.messageIDs) for iwant in control.iwant)
+    if control.iwant:
+        ids = [i for iwant in control.iwant for i in iwant.messageIDs[:MAX_CONTROL_IDS]]
+        kept.iwant.add(messageIDs=ids[:MAX_CONTROL_IDS])
+    seen: set[str] = set()
+    for graft in control.graft:
+        if graft.topicID not in topics:
+            unknown += 1
+        elif graft.topicID not in seen:
+            seen.add(graft.topicID)
+            kept.graft.add(topicID=graft.topicID)
+    seen.clear()
+    for prune in control.prune:
+        if prune.topicID not in topics:
+            unknown += 1
+        elif prune.topicID not in seen:
+            seen.add(prune.topicID)
+            kept.prune.add(
+                topicID=prune.topicID, peers=prune.peers[:MAX_PRUNE_PEERS], backoff=prune.backoff
+            )
+    offered = sum(len(ihave.messageIDs) for ihave in control.ihave)
+    if offered > MAX_CONTROL_IDS:
+        excess.append(f"IHAVE of {offered} ids")
+    if wanted > MAX_CONTROL_IDS:
+        excess.append(f"IWANT of {wanted} ids")
+    if len(control.graft) + len(control.prune) > 2 * len(topics) + MAX_UNKNOWN_TOPIC_ENTRIES:
+        excess.append(f"{len(control.graft)} GRAFT, {len(control.prune)} PRUNE")
+    if unknown > MAX_UNKNOWN_TOPIC_ENTRIES:
+        excess.append(f"{unknown} control entries for unknown topics")
+    if any(len(prune.peers) > MAX_PRUNE_PEERS for prune in control.prune):
+        excess.append("PRUNE with too many peers")
+    rpc.control.CopyFrom(kept)
+    return ", ".join(excess)
+
+
 class _TunedQueues(dict[ID, RpcQueue]):
     """Pubsub's per-peer outbound queues, resized as Pubsub registers each one.
 
@@ -244,6 +357,199 @@ class _TunedQueues(dict[ID, RpcQueue]):
         queue.max_message_size = self._max_rpc_size
         queue._queue.max_size = self._max_rpcs
         super().__setitem__(peer_id, queue)
+
+
+Violation = Callable[[str, str, float], None]  # (peer id, reason, penalty)
+
+# Yamux frame header: version, type, flags, stream id, length (big endian).
+_YAMUX_HEADER = struct.Struct(">BBHII")
+_YAMUX_DATA, _YAMUX_GO_AWAY = 0, 3
+_YAMUX_SYN = 0x1
+
+
+class _YamuxWireError(RawConnError):
+    """A peer broke the Yamux wire rules; the session reading its frames ends."""
+
+
+class _YamuxWatch:
+    """The secured connection under one Yamux session, holding the peer to the Yamux rules.
+
+    py-libp2p's Yamux buffers whatever a peer sends on a stream, past the receive
+    window it granted (it logs "peer exceeded receive window" and carries on):
+    a peer that ignores flow control fills this process's memory through any
+    stream nobody reads yet (64 MiB in a few seconds was measured). It also
+    accepts frames of any version and type. This proxy sees every byte the
+    session's reader consumes, in order, and checks each frame header before
+    the session acts on it: a DATA frame larger than the stream's remaining
+    window, a version other than 0 or an unknown type ends the session (as
+    go-yamux does) and the peer is reported. Writes that fail with the
+    library's IOException are raised as RawConnError, which the session treats
+    as fatal; otherwise its reader logged and retried a dead connection every
+    10 ms (a peer that flooded pings and stopped reading caused minutes of it).
+    """
+
+    def __init__(self, conn: Any, peer_id: ID, on_violation: Violation) -> None:
+        self._conn = conn
+        self._peer_id = peer_id
+        self._on_violation = on_violation
+        self.muxer: Yamux | None = None
+        self._header = bytearray()
+        self._body_left = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    async def read(self, n: int | None = None) -> bytes:
+        data = await self._conn.read(n)
+        self._scan(data)
+        return data
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self._conn.write(data)
+        except RawConnError:
+            raise
+        except IOException as error:
+            raise RawConnError(f"write failed: {error}") from error
+
+    def _scan(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._body_left:
+                take = min(self._body_left, end - pos)
+                self._body_left -= take
+                pos += take
+                continue
+            need = _YAMUX_HEADER.size - len(self._header)
+            chunk = data[pos : pos + need]
+            self._header += chunk
+            pos += len(chunk)
+            if len(self._header) == _YAMUX_HEADER.size:
+                version, kind, flags, stream_id, length = _YAMUX_HEADER.unpack(self._header)
+                self._header.clear()
+                problem = self._check(version, kind, flags, stream_id, length)
+                if problem:
+                    self._on_violation(self._peer_id.to_base58(), f"yamux: {problem}", BAN)
+                    raise _YamuxWireError(problem)
+                if kind == _YAMUX_DATA:
+                    self._body_left = length
+
+    def _check(self, version: int, kind: int, flags: int, stream_id: int, length: int) -> str:
+        if version != 0:
+            return f"frame version {version}"
+        if kind > _YAMUX_GO_AWAY:
+            return f"frame type {kind}"
+        if kind != _YAMUX_DATA:
+            return ""
+        if length > YAMUX_MAX_WINDOW:
+            return f"DATA frame of {length} bytes"
+        stream = self.muxer.streams.get(stream_id) if self.muxer is not None else None
+        if stream is None:
+            # A new stream starts with the initial window; data for a stream that is
+            # gone is read and dropped by the session.
+            window = YAMUX_INITIAL_WINDOW if flags & _YAMUX_SYN else length
+        else:
+            window = stream.recv_window
+        if length > window:
+            return f"{length} bytes on stream {stream_id} with a window of {window}"
+        return ""
+
+
+class _MuxerMultistream(MuxerMultistream):
+    """Yamux only, each session reading through a `_YamuxWatch`.
+
+    The library builds `Yamux` itself for the Yamux protocol id (whatever class
+    is registered for it), so the session is built here instead.
+    """
+
+    def __init__(self, on_violation: Violation, negotiate_timeout: int) -> None:
+        super().__init__({TProtocol(YAMUX_PROTOCOL_ID): Yamux}, negotiate_timeout)
+        self._on_violation = on_violation
+
+    async def new_conn(self, conn: Any, peer_id: ID) -> Any:
+        protocol, _ = await self._selector.select(conn, conn.is_initiator, self.negotiate_timeout)
+        watch = _YamuxWatch(conn, peer_id, self._on_violation)
+
+        async def on_close() -> None:
+            return None
+
+        muxed = Yamux(
+            watch,  # type: ignore[arg-type]  # a proxy: ISecureConn by delegation
+            peer_id,
+            is_initiator=conn.is_initiator,
+            on_close=on_close,
+        )
+        watch.muxer = muxed
+        return self._annotate_connection(muxed, conn, protocol)
+
+
+class _Host(BasicHost):
+    """A host whose inbound streams cannot take the process down or hoard its resources.
+
+    Every inbound stream runs its protocol handler inside the swarm's nursery;
+    py-libp2p lets an unexpected exception from any handler escape there, which
+    stops the swarm, the host and the daemon (a garbage gossip frame did, see
+    `_Pubsub.stream_handler`). Here any handler failure costs that stream only.
+    Each peer may also hold only `max_streams_per_peer` inbound streams at once
+    (the library bounds streams per connection and in total, not per peer), and
+    protocols in `deadlines` are cut off after so many seconds (identify push
+    waits for its message with no deadline: 255 streams held half-written
+    requests for as long as the connection lived).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        max_streams_per_peer: int,
+        deadlines: Mapping[str, float],
+        on_violation: Violation,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_streams_per_peer = max_streams_per_peer
+        self._on_violation = on_violation
+        self._streams_in: dict[ID, int] = {}
+        for protocol, seconds in deadlines.items():
+            handler = self.multiselect.handlers.get(TProtocol(protocol))
+            if handler is not None:
+                self.set_stream_handler(TProtocol(protocol), _with_deadline(handler, seconds))
+
+    async def _swarm_stream_handler(self, net_stream: INetStream) -> None:
+        peer_id = net_stream.muxed_conn.peer_id
+        active = self._streams_in.get(peer_id, 0)
+        if active >= self._max_streams_per_peer:
+            log.debug("%s opened more than %d streams: reset", peer_id, active)
+            with contextlib.suppress(Exception):
+                await net_stream.reset()
+            return
+        self._streams_in[peer_id] = active + 1
+        try:
+            await super()._swarm_stream_handler(net_stream)
+        except Exception as error:
+            log.warning("%s stream from %s failed: %r", net_stream.get_protocol(), peer_id, error)
+            with contextlib.suppress(Exception):
+                await net_stream.reset()
+            self._on_violation(peer_id.to_base58(), f"stream handler failed: {error!r}", 5.0)
+        finally:
+            left = self._streams_in[peer_id] - 1
+            if left:
+                self._streams_in[peer_id] = left
+            else:
+                del self._streams_in[peer_id]
+
+
+def _with_deadline(
+    handler: Callable[[INetStream], Awaitable[None]], seconds: float
+) -> Callable[[INetStream], Awaitable[None]]:
+    async def bounded(stream: INetStream) -> None:
+        with trio.move_on_after(seconds) as scope:
+            await handler(stream)
+        if scope.cancelled_caught:
+            log.debug("%s stream over its %ss deadline: reset", stream.get_protocol(), seconds)
+            with contextlib.suppress(Exception):
+                await stream.reset()
+
+    return bounded
 
 
 class _GuardedTasks:
@@ -273,6 +579,69 @@ class _GuardedTasks:
         self.inner.run_task(guarded, *args, daemon=daemon, name=label)
 
 
+class _RequestResponse(RequestResponse):
+    """Request/response in which one peer cannot hold a protocol's inbound slots.
+
+    The library takes one of `max_concurrent_inbound` slots of a protocol (shared
+    by all peers) for each inbound stream before reading its request, and holds
+    it up to the handler timeout: one peer that opened 64 streams and sent
+    nothing made every other peer's request on that protocol fail at once, for
+    30 s at a time (block sync for the whole commune, from one connection).
+    Here a peer's streams on one protocol beyond `per_peer` are reset before
+    they take a slot.
+    """
+
+    def __init__(
+        self,
+        host: Any,
+        per_peer: int,
+        on_refused: Callable[[], None],
+        on_violation: Violation,
+    ) -> None:
+        super().__init__(host)
+        self._per_peer = per_peer
+        self._on_refused = on_refused
+        self._on_violation = on_violation
+        self._active: dict[tuple[ID, str], int] = {}
+
+    def _build_stream_handler(
+        self, protocol_id: TProtocol
+    ) -> Callable[[INetStream], Awaitable[None]]:
+        inner = super()._build_stream_handler(protocol_id)
+
+        async def handler(stream: INetStream) -> None:
+            key = (stream.muxed_conn.peer_id, str(protocol_id))
+            active = self._active.get(key, 0)
+            if active >= self._per_peer:
+                self._on_refused()
+                with contextlib.suppress(Exception):
+                    await stream.reset()
+                return
+            self._active[key] = active + 1
+            try:
+                await inner(stream)
+            finally:
+                left = self._active[key] - 1
+                if left:
+                    self._active[key] = left
+                else:
+                    del self._active[key]
+
+        return handler
+
+    async def _read_message(self, stream: INetStream, max_msg_size: int) -> bytes:
+        """A length prefix that is not a varint broke the framing: the peer is cut off.
+
+        The library logs it as an unexpected handler failure, with a traceback.
+        """
+        try:
+            return await super()._read_message(stream, max_msg_size)
+        except ParseError as error:
+            peer_id = stream.muxed_conn.peer_id.to_base58()
+            self._on_violation(peer_id, f"malformed request/response frame: {error}", BAN)
+            raise RequestDecodeError(f"malformed frame: {error}") from None
+
+
 class _Pubsub(Pubsub):
     """Pubsub that hands delivered messages to `deliver` instead of 32-slot channels."""
 
@@ -282,11 +651,20 @@ class _Pubsub(Pubsub):
         router: GossipSub,
         *,
         deliver: Callable[[rpc_pb2.Message], None],
-        on_malformed: Callable[[str, str], None],
+        on_malformed: Violation,
         outbound_queue: int,
         max_rpc_size: int,
+        topics: Sequence[str],
     ) -> None:
-        super().__init__(host, router, strict_signing=True, max_inbound_rpc_size=max_rpc_size)
+        super().__init__(
+            host,
+            router,
+            strict_signing=True,
+            max_inbound_rpc_size=max_rpc_size,
+            allowed_topics=frozenset(topics),
+        )
+        self._joined = frozenset(topics)
+        self._streams_in: dict[ID, int] = {}
         self.peer_queues = _TunedQueues(outbound_queue, max_rpc_size)
         self.counter = time.time_ns()  # seqnos never repeat across restarts
         self._deliver = deliver
@@ -314,6 +692,14 @@ class _Pubsub(Pubsub):
             guard = self.__dict__["_guard"] = _GuardedTasks(inner)
         return guard
 
+    async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        """The library raises on a message whose key or sender id does not parse; a penalty here."""
+        try:
+            await super().push_msg(msg_forwarder, msg)
+        except Exception as error:
+            reason = f"malformed pubsub message: {error!r}"
+            self._on_malformed(msg_forwarder.to_base58(), reason, 1.0)
+
     async def _teardown_if_connected(self, peer_id: ID) -> None:
         """The library's version deletes the peer after an await, racing `_handle_dead_peer`."""
         stream = self.peers.get(peer_id)
@@ -324,14 +710,45 @@ class _Pubsub(Pubsub):
         self._forget_all_subscriptions(peer_id)
 
     async def continuously_read_stream(self, stream: INetStream) -> None:
-        """The library resets a stream whose length prefix is not a varint; we also ban."""
+        """The library's read loop, with each RPC trimmed to what /meshsub/1.1.0 needs.
+
+        As in py-libp2p 0.8.1, less its metrics events; differences: a length
+        prefix that is not a varint and an RPC above the size limit cost the peer
+        its connection (`on_malformed`), and every RPC goes through
+        `_trim_rpc` before anything acts on it.
+        """
+        peer_id = stream.muxed_conn.peer_id
         try:
-            await super().continuously_read_stream(stream)
+            while self.manager.is_running:
+                incoming = await read_varint_prefixed_bytes_limited(
+                    stream, self.max_inbound_rpc_size
+                )
+                rpc = rpc_pb2.RPC()
+                rpc.ParseFromString(incoming)
+                if not maybe_consume_signed_record(rpc, self.host, peer_id):
+                    log.debug("invalid signed peer record from %s: RPC ignored", peer_id)
+                    continue
+                rpc.ClearField("senderRecord")  # GossipSub would verify it again
+                excess = _trim_rpc(rpc, self._joined, self.max_subscriptions_per_rpc)
+                if excess:
+                    self._on_malformed(peer_id.to_base58(), f"oversized pubsub RPC: {excess}", 5.0)
+                for msg in rpc.publish:
+                    if self._is_subscribed_to_msg(msg) and self.manager.is_running:
+                        self.manager.run_task(self.push_msg, peer_id, msg)
+                for sub in rpc.subscriptions:
+                    self.handle_subscription(peer_id, sub)
+                if rpc.HasField("control"):
+                    await self.router.handle_rpc(rpc, peer_id)
         except ParseError as error:
-            self._on_malformed(
-                stream.muxed_conn.peer_id.to_base58(), f"malformed pubsub frame: {error}"
-            )
+            self._on_malformed(peer_id.to_base58(), f"malformed pubsub frame: {error}", BAN)
             raise
+        except MessageTooLarge as error:
+            self._on_malformed(peer_id.to_base58(), f"oversized pubsub frame: {error}", BAN)
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            self._handle_dead_peer(peer_id)
+        except (StreamEOF, StreamError, IOException, RawConnError) as error:
+            log.debug("pubsub stream from %s ended: %r", peer_id, error)
 
     async def stream_handler(self, stream: INetStream) -> None:
         """Read one peer's pubsub stream; whatever it sends, only that stream fails.
@@ -341,15 +758,28 @@ class _Pubsub(Pubsub):
         host down: six bytes of garbage from any connected peer would stop the
         daemon. Here such a stream is reset and its peer reported.
         """
+        peer_id = stream.muxed_conn.peer_id
+        active = self._streams_in.get(peer_id, 0)
+        if active >= MAX_PUBSUB_STREAMS_PER_PEER:
+            # A peer needs one; a few more only while a reconnect overlaps.
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            return
+        self._streams_in[peer_id] = active + 1
         try:
             await super().stream_handler(stream)
         except Exception as error:
-            peer_id = stream.muxed_conn.peer_id
             log.warning("pubsub stream from %s dropped: %r", peer_id, error)
             with contextlib.suppress(Exception):
                 await stream.reset()
             self._handle_dead_peer(peer_id)
-            self._on_malformed(peer_id.to_base58(), f"malformed pubsub stream: {error!r}")
+            self._on_malformed(peer_id.to_base58(), f"malformed pubsub stream: {error!r}", BAN)
+        finally:
+            left = self._streams_in[peer_id] - 1
+            if left:
+                self._streams_in[peer_id] = left
+            else:
+                del self._streams_in[peer_id]
 
     async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
         """Write one RPC whole, or reset the stream.
@@ -729,11 +1159,17 @@ class Network:
             host,
             router,
             deliver=self._deliver,
-            on_malformed=self._on_malformed_stream,
+            on_malformed=self._on_violation,
             outbound_queue=self.limits.outbound_queue,
             max_rpc_size=self.limits.max_message_size + RPC_OVERHEAD,
+            topics=self._topics,
         )
-        rr = RequestResponse(host)
+        rr = _RequestResponse(
+            host,
+            self.limits.max_concurrent_requests_per_peer,
+            self._count_refused,
+            self._on_violation,
+        )
         for protocol_id, handler in self._handlers.items():
             rr.set_handler(
                 TProtocol(protocol_id),
@@ -774,6 +1210,8 @@ class Network:
             self._nursery = None
             self._host = self._pubsub = self._router = self._rr = None
             self._signal_change()
+            with trio.CancelScope(shield=True), trio.move_on_after(5.0):
+                await _close_swarm(host.get_network())
 
     def _build_host(self) -> BasicHost:
         limits = self.limits
@@ -810,7 +1248,20 @@ class Network:
                 ),
             ),
         )
-        return BasicHost(network=swarm, negotiate_timeout=10)
+        upgrader = swarm.upgrader  # type: ignore[attr-defined]
+        upgrader.muxer_multistream = _MuxerMultistream(
+            self._on_violation, upgrader.muxer_multistream.negotiate_timeout
+        )
+        return _Host(
+            network=swarm,
+            negotiate_timeout=10,
+            max_streams_per_peer=limits.max_streams_per_peer,
+            deadlines={IDENTIFY_PUSH_PROTOCOL: limits.handler_timeout},
+            on_violation=self._on_violation,
+        )
+
+    def _count_refused(self) -> None:
+        self._stats["requests_refused"] += 1
 
     def _inbound_config(self) -> RequestResponseConfig:
         return RequestResponseConfig(
@@ -841,9 +1292,13 @@ class Network:
             except trio.BrokenResourceError:
                 pass  # the consumer closed its channel
 
-    def _on_malformed_stream(self, peer_id: str, reason: str) -> None:
-        """A peer that breaks the pubsub wire format is broken or hostile: ban it."""
-        self.penalize(peer_id, reason, self.limits.ban_threshold)
+    def _on_violation(self, peer_id: str, reason: str, weight: float) -> None:
+        """A peer broke the wire rules below any validator; `BAN` cuts it off at once.
+
+        Breaking the framing of Yamux or pubsub is never an honest peer's doing
+        (this is one codebase); an oversized but well-formed RPC costs less.
+        """
+        self.penalize(peer_id, reason, self.limits.ban_threshold if weight == BAN else weight)
 
     def _wrap_validator(
         self, topic: str, validator: Validator
@@ -1048,6 +1503,23 @@ class Network:
             return [str(a) for a in self._host.get_peerstore().addrs(ID.from_base58(peer_id))]
         except Exception:  # unknown or expired in the peerstore
             return []
+
+
+async def _close_swarm(swarm: Any) -> None:
+    """Close what the swarm's own shutdown skips when it is cancelled.
+
+    Its teardown awaits inside a cancelled scope, so the first await raises and
+    the rest is skipped: after `run` returned, the TCP listener went on
+    accepting connections and answering multistream-select (the listener lives
+    in a system task), and connections stayed open until collected.
+    """
+    for conns in list(swarm.connections.values()):
+        for conn in list(conns):
+            with contextlib.suppress(Exception):
+                await conn.muxed_conn.secured_conn.close()
+    for listener in list(swarm.listeners.values()):
+        with contextlib.suppress(Exception):
+            await listener.close()
 
 
 def _safe_validate(validator: Validator, peer_id: str, data: bytes) -> bool:

@@ -100,8 +100,10 @@ class Peer:
             "peer_id": self.net.peer_id,
             "addrs": self.net.listen_addrs,
             "peers": [p.peer_id for p in self.net.peers()],
+            "scores": {p.peer_id: p.score for p in self.net.peers()},
             "banned": self.net.banned(),
             "stats": self.net.stats(),
+            "rss_kib": rss_kib(),
         }
 
     # -- commands --
@@ -262,6 +264,15 @@ class Peer:
             async for _ in signals:
                 scope.cancel()
                 return
+
+
+def rss_kib() -> int:
+    """Resident memory of this process (Linux), to check that hostile input stays bounded."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 async def write(out: trio.lowlevel.FdStream, obj: dict[str, Any]) -> None:

@@ -197,9 +197,8 @@ async def test_four_nodes_discover_each_other_and_recover_every_burst_message(
 
         # Whatever gossip dropped, request/response recovers, as block sync will.
         for receiver in receivers:
-            got = await receiver.call(
-                "recover", topic=TOPIC, n=BURST, **{"from": publisher.peer_id}
-            )
+            source: dict[str, Any] = {"from": publisher.peer_id}  # a keyword in Python
+            got = await receiver.call("recover", topic=TOPIC, n=BURST, **source)
             assert got["seqs"] == list(range(BURST)), receiver.name
             assert got["before"] >= by_gossip[receiver.name]  # late gossip may still land
             assert got["recovered"] == BURST - got["before"]

@@ -378,7 +378,8 @@ def key_passphrase(home: Path | None, passphrase_file: Path | None,
     try:
         keystore.load_key(paths.key, old)
     except keystore.KeystoreError as exc:
-        fail(f"{exc}; the key file is unchanged", Exit.AUTH)
+        fail(f"{exc} (the current passphrase came from {_passphrase_source(passphrase_file)})"
+             "; the key file is unchanged", Exit.AUTH)
     try:
         new = keystore.get_passphrase(new_passphrase_file, confirm=True, environ={})
     except keystore.KeystoreError as exc:
@@ -742,7 +743,11 @@ def daemon(home: Path | None, passphrase_file: Path | None) -> None:
                                              configured_file=cfg.passphrase_file)
         key = keystore.load_key(paths.key, passphrase)
     except keystore.KeystoreError as exc:
-        fail(str(exc), Exit.AUTH)
+        hint = ""
+        if "wrong passphrase" in str(exc):
+            hint = (f" (the passphrase came from {_passphrase_source(passphrase_file, cfg)}; "
+                    "`commune key passphrase` changes it)")
+        fail(f"{exc}{hint}", Exit.AUTH)
     try:
         node_daemon.main(paths.home, key)
     except node_daemon.DaemonError as exc:
@@ -766,6 +771,17 @@ def _synced(s: dict[str, Any]) -> bool:
     alone = bool(s.get("is_validator")) and int(s.get("validators", 0)) == 1
     heard = int(s.get("peers", 0)) > 0 and int(s.get("best_peer_height", 0) or 0) > 0
     return not s.get("syncing") and int(s.get("behind", 0)) <= 1 and (heard or alone)
+
+
+def _passphrase_source(flag: Path | None, cfg: Any = None) -> str:
+    """Where `keystore.get_passphrase` took the passphrase from, in its order."""
+    if flag is not None:
+        return f"--passphrase-file {flag}"
+    if os.environ.get(keystore.PASSPHRASE_ENV):
+        return f"${keystore.PASSPHRASE_ENV}"
+    if cfg is not None and cfg.passphrase_file is not None:
+        return f"[keys] passphrase_file ({cfg.passphrase_file})"
+    return "the terminal"
 
 
 @cli.command()

@@ -70,7 +70,8 @@ def test_refusals_leave_the_file_untouched(home: Path, tmp_path: Path) -> None:
     before = key_file.read_bytes()
     wrong = change(home, passfile(tmp_path, "wrong", "not it"), passfile(tmp_path, "n", NEW))
     assert wrong.returncode == cli.Exit.AUTH
-    assert "wrong passphrase" in one_error_line(wrong)
+    line = one_error_line(wrong)
+    assert "wrong passphrase" in line and "came from --passphrase-file" in line
     same = change(home, passfile(tmp_path, "o", OLD), passfile(tmp_path, "s", OLD))
     assert same.returncode == cli.Exit.USAGE
     assert "same as the current" in one_error_line(same)

@@ -707,7 +707,8 @@ def _table(console: Console, title: str, rows: Sequence[dict[str, Any]],
         for key, _ in columns:
             v = row.get(key)
             cells.append("" if v is None else _fmt_amount(v) if isinstance(v, int)
-                         and not isinstance(v, bool) else str(v))
+                         and not isinstance(v, bool) else "\n".join(map(str, v))
+                         if isinstance(v, list) else str(v))
         table.add_row(*cells)
     console.print(table)
 

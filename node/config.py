@@ -211,6 +211,15 @@ def _is_multiaddr_list(need_peer: bool, max_items: int = 64) -> Check:
     return check
 
 
+def _is_announce_list(v: Any) -> str | None:
+    """[network] announce: what peers dial, so TCP and without a peer id (ours is added)."""
+    problem = _is_multiaddr_list(need_peer=False, max_items=16)(v)
+    for text in v if problem is None else ():
+        if "/tcp/" not in text or "/p2p/" in text:
+            return f"{text!r} is not a TCP address without /p2p/<peer id>"
+    return problem
+
+
 def _non_empty(check: Check) -> Check:
     def wrapped(v: Any) -> str | None:
         problem = check(v)
@@ -243,6 +252,10 @@ SETTINGS: tuple[Setting, ...] = (
             _is_multiaddr_list(need_peer=True),
             "Peers dialled at start, each with its peer id, e.g.\n"
             "\"/ip4/192.0.2.10/tcp/4001/p2p/12D3KooW...\""),
+    Setting("network", "announce", "announce", [], _is_announce_list,
+            "Addresses given to peers instead of the bound ones (TCP, no /p2p part), for\n"
+            "a node behind NAT or a proxy, e.g. [\"/ip4/203.0.113.7/tcp/4001\"].\n"
+            "Empty: the listen addresses, a wildcard (0.0.0.0) replaced by this machine's."),
     Setting("api", "host", "api_host", "127.0.0.1", _is_loopback_host,
             "Local control API used by the `commune` command. Loopback only:\n"
             "it is authenticated by the token file in the data directory."),
@@ -283,6 +296,7 @@ class Config:
 
     listen: tuple[str, ...]
     bootstrap: tuple[str, ...]
+    announce: tuple[str, ...]
     api_host: str
     api_port: int
     metrics_enabled: bool

@@ -219,6 +219,7 @@ class Node:
             topics=[tx_topic, consensus_topic],
             validators={tx_topic: self._validate_tx, consensus_topic: self._validate_consensus},
             request_handlers={sync_protocol(self.chain_id): self._serve_sync},
+            announce=list(cfg.announce),  # [network] announce
         )
         self.driver = Driver(key=key, ledger=ledger, mempool=self.mempool, net=self.net,
                              signing_log=signing_log, records=records,

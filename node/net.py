@@ -82,9 +82,11 @@ Findings about py-libp2p 0.8.1 (measured on loopback; see tests/test_net.py):
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import random
 import secrets
+import socket
 import struct
 import time
 import weakref
@@ -93,6 +95,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import multiaddr
+import psutil  # a dependency of py-libp2p (its resource manager)
 import trio
 from libp2p import new_swarm
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
@@ -883,6 +886,13 @@ class Network:
     (`limits.invalid_message_penalty`; banned at `limits.ban_threshold`).
     Request handlers get (requesting peer id, request) and return the reply;
     an exception resets the stream, which the caller sees as "reset".
+
+    The addresses this node gives peers (identify, its signed peer record, peer
+    exchange, `listen_addrs`) are `announce` when given (for a node behind NAT
+    or a proxy: the addresses others can reach), else the bound addresses with
+    a wildcard host (0.0.0.0, ::) replaced by each address of the machine's
+    interfaces that are up: a wildcard is where to listen, never where to dial.
+    Addresses peers say they observed for us are not advertised.
     """
 
     def __init__(
@@ -897,6 +907,7 @@ class Network:
         limits: NetLimits | None = None,
         peer_exchange: bool = True,
         rng: random.Random | None = None,
+        announce: Sequence[str] = (),
     ) -> None:
         if len(seed) != 32:
             raise ValueError("the member seed is 32 bytes")
@@ -907,6 +918,7 @@ class Network:
             self._listen = [multiaddr.Multiaddr(a) for a in listen]
         except Exception as error:
             raise ValueError(f"bad listen address in {list(listen)}: {error}") from None
+        self._announce = [_announce_addr(a, self.peer_id) for a in announce]
         self._topics = list(dict.fromkeys(topics))
         self._validators = dict(validators or {})
         unknown = set(self._validators) - set(self._topics)
@@ -964,6 +976,7 @@ class Network:
         self._inbound: dict[str, int] = {}
         self._outbound: dict[str, trio.Semaphore] = {}
         self._listen_addrs: list[str] = []
+        self._swarm: Any = None
 
     # -- identity and state --
 
@@ -973,8 +986,15 @@ class Network:
 
     @property
     def listen_addrs(self) -> list[str]:
-        """Actual listening addresses with /p2p/<peer id>, known once `run` has started."""
+        """Advertised addresses with /p2p/<peer id>, known once `run` has started."""
         return list(self._listen_addrs)
+
+    @property
+    def bound_addrs(self) -> list[str]:
+        """Addresses the listener bound (a wildcard stays a wildcard), known once running."""
+        if self._swarm is None:
+            return []
+        return [str(a) for listener in self._swarm.listeners.values() for a in listener.get_addrs()]
 
     @property
     def running(self) -> bool:
@@ -1215,7 +1235,7 @@ class Network:
 
     def _build_host(self) -> BasicHost:
         limits = self.limits
-        swarm = new_swarm(
+        swarm = self._swarm = new_swarm(
             key_pair=self._key_pair,
             sec_opt={
                 NOISE_PROTOCOL_ID: NoiseTransport(
@@ -1258,7 +1278,22 @@ class Network:
             max_streams_per_peer=limits.max_streams_per_peer,
             deadlines={IDENTIFY_PUSH_PROTOCOL: limits.handler_timeout},
             on_violation=self._on_violation,
+            addrs_factory=self._advertised,
         )
+
+    def _advertised(self, candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+        """`announce`, else the bound addresses made concrete (see the class docstring).
+
+        `candidates` (bound plus observed addresses) is ignored: the bound ones
+        are read from the listeners, and observed ones are not ours to trust.
+        """
+        if self._announce:
+            return list(self._announce)
+        out: dict[str, multiaddr.Multiaddr] = {}
+        for text in self.bound_addrs:
+            for addr in _concrete_addrs(text):
+                out.setdefault(addr, multiaddr.Multiaddr(addr))
+        return list(out.values())
 
     def _count_refused(self) -> None:
         self._stats["requests_refused"] += 1
@@ -1440,7 +1475,8 @@ class Network:
 
     async def _serve_peer_exchange(self, requester: str, request: bytes) -> bytes:
         """This node's own addresses first, then its connected peers' (not the requester's)."""
-        entries = [[self.peer_id, [a.rsplit("/p2p/", 1)[0] for a in self._listen_addrs[:4]]]]
+        own = [a.rsplit("/p2p/", 1)[0] for a in self._listen_addrs if "/tcp/" in a]
+        entries = [[self.peer_id, own[:4]]]
         for peer_id in sorted(self._connected()):
             if peer_id == requester or self._book.is_banned(peer_id, trio.current_time()):
                 continue
@@ -1503,6 +1539,50 @@ class Network:
             return [str(a) for a in self._host.get_peerstore().addrs(ID.from_base58(peer_id))]
         except Exception:  # unknown or expired in the peerstore
             return []
+
+
+def _announce_addr(text: str, peer_id: str) -> multiaddr.Multiaddr:
+    """An address to advertise: TCP, without /p2p or with this node's own id."""
+    try:
+        addr = multiaddr.Multiaddr(text)
+        names = [p.name for p in addr.protocols()]
+    except Exception as error:
+        raise ValueError(f"bad announce address {text!r}: {error}") from None
+    if "tcp" not in names:
+        raise ValueError(f"announce address {text!r} has no /tcp/<port>")
+    if "p2p" in names:
+        if addr.value_for_protocol("p2p") != peer_id:
+            raise ValueError(f"announce address {text!r} names another peer id")
+        addr = addr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer_id}"))
+    return addr
+
+
+_WILDCARDS = {"/ip4/0.0.0.0/": socket.AF_INET, "/ip6/::/": socket.AF_INET6}
+
+
+def _concrete_addrs(text: str) -> list[str]:
+    """`text` with a wildcard host replaced by each address of the interfaces that are up.
+
+    Loopback last, link-local never (not dialable without a zone). Nothing when
+    the machine has no such address: advertising the wildcard would send peers
+    to themselves.
+    """
+    prefix = next((w for w in _WILDCARDS if text.startswith(w)), None)
+    if prefix is None:
+        return [text]
+    family, rest = _WILDCARDS[prefix], text[len(prefix) :]
+    stats = psutil.net_if_stats()
+    found: list[tuple[bool, str]] = []
+    for name, addrs in psutil.net_if_addrs().items():
+        if name in stats and not stats[name].isup:
+            continue
+        for addr in addrs:
+            ip = addr.address.split("%", 1)[0]
+            if addr.family != family or ip.startswith(("169.254.", "fe80:")):
+                continue
+            found.append((ipaddress.ip_address(ip).is_loopback, ip))
+    proto = "ip4" if family == socket.AF_INET else "ip6"
+    return [f"/{proto}/{ip}/{rest}" for _, ip in sorted(set(found))]
 
 
 async def _close_swarm(swarm: Any) -> None:

@@ -178,7 +178,7 @@ def test_round_trip_of_every_setting_through_the_template(tmp_path: Path) -> Non
                  "bootstrap": [PEER], "api_host": "::1", "api_port": 8100,
                  "metrics_enabled": True, "metrics_host": "0.0.0.0", "metrics_port": 9100,
                  "log_level": "warning", "auto_claim": False, "passphrase_file": "/run/pw",
-                 "stop_timeout": 42}
+                 "stop_timeout": 42, "announce": ["/ip4/203.0.113.7/tcp/4100"]}
     assert set(overrides) == config_fields()
     c = parse_config(render_config(overrides), home=tmp_path)
     expected = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}

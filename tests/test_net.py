@@ -22,7 +22,9 @@ from typing import Any
 import pytest
 import trio
 
+from node.config import ConfigError, parse_config
 from node.net import (
+    PEER_EXCHANGE_PROTOCOL,
     NetLimits,
     Network,
     NetworkError,
@@ -32,6 +34,7 @@ from node.net import (
 )
 from node.net_peers import PeerBook
 from protocol.crypto import SigningKey
+from protocol.encoding import decode
 
 PEER_SCRIPT = Path(__file__).with_name("net_peer.py")
 ROOT = PEER_SCRIPT.parent.parent
@@ -488,3 +491,71 @@ def test_penalties_decay_ban_past_the_threshold_and_bans_expire() -> None:
     assert book.expire(110.0) == ["p"]
     assert not book.is_banned("p", 110.0) and book.score("p", 110.0) == 0.0
     assert book.due(110.0, set()) == ["p"]
+
+
+# -- advertised addresses --
+
+
+async def test_announced_addresses_replace_the_bound_ones_everywhere_peers_learn_them() -> None:
+    """identify, peer exchange and `listen_addrs` give peers `announce`, not the bound address."""
+    key = SigningKey.derive("net-test", "announcer")
+    announce = ["/ip4/203.0.113.7/tcp/4001", "/dns4/node.example/tcp/4001"]
+    announcer = Network(key.seed(), ["/ip4/127.0.0.1/tcp/0"], announce=announce)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(announcer.run)
+        assert announcer.listen_addrs == [f"{a}/p2p/{announcer.peer_id}" for a in announce]
+        (bound,) = announcer.bound_addrs
+        assert bound.startswith("/ip4/127.0.0.1/tcp/")
+        asker = Network(
+            SigningKey.derive("net-test", "asker").seed(),
+            ["/ip4/127.0.0.1/tcp/0"],
+            [f"{bound}/p2p/{announcer.peer_id}"],
+            peer_exchange=False,
+        )
+        await nursery.start(asker.run)
+        with trio.fail_after(20):
+            await asker.wait_for_peers(1)
+            # identify: the announced addresses reach the peer's address book.
+            while {f"{a}/p2p/{announcer.peer_id}" for a in announce} != set(
+                asker._known_addrs(announcer.peer_id)
+            ):
+                await trio.sleep(0.02)
+        reply = await asker.request(announcer.peer_id, PEER_EXCHANGE_PROTOCOL, b"")
+        assert decode(reply)[0] == [announcer.peer_id, announce]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_wildcard_listen_address_is_advertised_as_this_machines_addresses() -> None:
+    key = SigningKey.derive("net-test", "wildcard")
+    net = Network(key.seed(), ["/ip4/0.0.0.0/tcp/0"])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        (bound,) = net.bound_addrs
+        port = bound.split("/tcp/")[1]
+        assert bound == f"/ip4/0.0.0.0/tcp/{port}"
+        advertised = net.listen_addrs
+        assert advertised and not any("0.0.0.0" in a for a in advertised)
+        assert advertised[-1] == f"/ip4/127.0.0.1/tcp/{port}/p2p/{net.peer_id}"  # loopback last
+        nursery.cancel_scope.cancel()
+
+
+def test_announce_addresses_are_checked_in_the_config_and_by_the_network() -> None:
+    key = SigningKey.derive("net-test", "d")
+    me = peer_id_from_public_key(key.public)
+    other = peer_id_from_public_key(SigningKey.derive("net-test", "e").public)
+    for bad in ("/ip4/203.0.113.7/udp/4001", f"/ip4/203.0.113.7/tcp/1/p2p/{other}", "nonsense"):
+        with pytest.raises(ValueError):
+            Network(key.seed(), ["/ip4/127.0.0.1/tcp/0"], announce=[bad])
+    own = Network(key.seed(), [], announce=[f"/ip4/203.0.113.7/tcp/1/p2p/{me}"])
+    assert [str(a) for a in own._announce] == ["/ip4/203.0.113.7/tcp/1"]
+
+    cfg = parse_config('[network]\nannounce = ["/ip4/203.0.113.7/tcp/4001"]\n')
+    assert cfg.announce == ("/ip4/203.0.113.7/tcp/4001",)
+    assert parse_config("").announce == ()
+    for bad in (
+        '"/ip4/1.2.3.4/tcp/1"',
+        '["/ip4/1.2.3.4/udp/1"]',
+        f'["/ip4/1.2.3.4/tcp/1/p2p/{me}"]',
+    ):
+        with pytest.raises(ConfigError, match="announce"):
+            parse_config(f"[network]\nannounce = {bad}\n")

@@ -12,19 +12,28 @@ and the peer's score crosses the ban threshold: the daemon cuts it off.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import trio
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.pubsub.pb import rpc_pb2
 
-from node.driver import encode_tx_batch, topics
+import tests.test_net_wire as wire
+from node.driver import encode_tx_batch, sync_protocol, topics
+from node.net import Network
 from protocol.crypto import SigningKey
 from protocol.proposal import encode_message
+from protocol.sync import SyncRequest, encode_sync_message
 from protocol.transactions import make_tx
 from protocol.votes import PREVOTE, Vote
 from tests.daemons import ROOT, Daemon, make_commune, running, wait_for
@@ -140,9 +149,8 @@ def test_junk_gossip_dropped_and_peer_banned(
     assert invalid_txs >= 4 and invalid_votes >= 3
     s = d.status()
     assert s["mempool_txs"] == 0 and s["peers"] == 0
-    for bad in (other_chain.id.hex(),):
-        status = d.call(lambda c, t=bad: c.wait_tx(t, 0))["status"]
-        assert status in ("rejected", "unknown"), status
+    status = d.call(lambda c: c.wait_tx(other_chain.id.hex(), 0))["status"]
+    assert status in ("rejected", "unknown"), status
     wait_for("blocks to go on", lambda: d.height() > height + 1)
     assert d.status()["evidence_recorded"] == 0
 
@@ -174,3 +182,66 @@ def test_broken_pubsub_wire_bytes_cost_the_peer_not_the_daemon(
     log = d.tail(100_000)
     ban = next((line for line in log.splitlines() if "ban " + peer.info["peer_id"] in line), "")
     assert "malformed pubsub" in ban, log[-3000:]
+
+
+def test_wire_attacks_below_every_validator_leave_the_daemon_committing(
+        setup: tuple[Daemon, HostilePeer, tuple[str, str], bytes]) -> None:
+    """The worst of tests/test_net_wire.py, against a member daemon rather than a bare Network.
+
+    A Yamux peer that ignores flow control, a GRAFT storm for topics nobody joined,
+    a peer hoarding half-written block-sync requests and one breaking the sync
+    framing: the daemon must keep committing, cut off the breakers, and still
+    serve block sync to the peer that behaved.
+    """
+    d, peer, (tx_topic, _), chain_id = setup
+    status = d.status()
+    daemon_peer_id = status["peer_id"]
+    port = int(status["listen"][0].split("/tcp/")[1].split("/")[0])
+    assert peer.call("wait_topic_peers", topic=tx_topic, peers=[daemon_peer_id])["ok"]
+    height = d.height()
+    sync = sync_protocol(chain_id)
+    target = SimpleNamespace(port=port, peer_id=daemon_peer_id)
+
+    async def attack() -> None:
+        conn = await wire.yamux(target, "daemon-yamux-flood")  # type: ignore[arg-type]
+        chunk = wire.yamux_frame(wire.DATA, 0, 1, 60_000) + b"\x00" * 60_000
+        sent = await wire.write_until_cut_off(
+            conn, [wire.yamux_frame(wire.WINDOW_UPDATE, wire.SYN, 1, 0)] + [chunk] * 1100)
+        assert sent < 1100
+        storm = wire.rpc(control=rpc_pb2.ControlMessage(
+            graft=[rpc_pb2.ControlGraft(topicID=f"x{i}") for i in range(20_000)]))
+        for name, protocol, data, streams in [
+            ("daemon-graft-storm", "/meshsub/1.1.0", storm, 1),
+            ("daemon-sync-hoarder", sync, wire.varint(50) + b"\x00ab", 100),
+            ("daemon-sync-breaker", sync, b"\xff" * 12, 1),
+        ]:
+            net = Network(wire.seed(name), ["/ip4/127.0.0.1/tcp/0"], [status["listen"][0]],
+                          peer_exchange=False)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(net.run)
+                with trio.fail_after(20):
+                    await net.wait_for_peers(1)
+                assert net._host is not None
+                for _ in range(streams):
+                    with contextlib.suppress(Exception):
+                        stream = await net._host.new_stream(ID.from_base58(daemon_peer_id),
+                                                            [TProtocol(protocol)])
+                        await stream.write(data)
+                if name == "daemon-sync-breaker":
+                    with trio.fail_after(20):
+                        while net.peers():
+                            await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+
+    trio.run(attack)
+    assert d.running(), "the daemon exited:\n" + d.tail()
+    wait_for("blocks to go on", lambda: d.height() > height + 2)
+    # Block sync still answers the peer that behaved.
+    request = encode_sync_message(SyncRequest(1, 1, 1))
+    reply = peer.call("request", peer=daemon_peer_id, protocol=sync, data=request.hex(),
+                      timeout=10)
+    assert reply["ok"] and "failed" not in reply and reply["length"] > 0, reply
+    log = d.tail(100_000)
+    for name in ("daemon-yamux-flood", "daemon-sync-breaker"):
+        banned = "ban " + wire.peer_id_of(name)
+        assert any(banned in line for line in log.splitlines()), f"{name}:\n{log[-3000:]}"

@@ -26,6 +26,22 @@ instead of hearing "unknown". Only refusals that can never change (a bad signatu
 used nonce) also short-circuit later copies of the same bytes; the others are history
 for reporting, and the same bytes may be admitted again once the state allows.
 
+A pending transaction that leaves uncommitted while its nonce is still unused takes
+its signer's later-nonce entries with it (`_drop_successors`): they could never apply
+without it, and would otherwise sit for `max_age` saying "waiting for nonce N". Each
+is recorded, not final, as "nonce N (tx <id>) was dropped: <its reason>", under the
+stage of the cause. The rule looks only at the moment of leaving, which makes the
+order of arrivals harmless:
+
+- no cascade while a transaction with that nonce is pending, nor when the nonce is
+  already used on chain (another transaction with it committed: the chain goes on);
+- a transaction refused on arrival never was pending, so entries already waiting
+  on its nonce keep waiting, and a later admitted transaction with that nonce (new
+  bytes, or the same ones once the state allows) lets them through;
+- successors arriving after the cascade (resubmitted, re-gossiped) are admitted like
+  any gapped entry and wait for the nonce; so a client may resubmit the missing
+  nonce and its successors in either order.
+
 This is plain synchronous data: the driver calls it from the trio loop.
 """
 
@@ -55,6 +71,11 @@ REMEMBERED_IDS = 50_000
 REMEMBERED_REJECTIONS = 10_000
 """Ids (with the reason) of transactions that left the pool uncommitted, for reporting."""
 MAX_REASON_CHARS = 300
+
+
+def stranded_reason(gone: Transaction, reason: str) -> str:
+    """Why a later-nonce transaction was dropped along with `gone` (which left for `reason`)."""
+    return f"nonce {gone.nonce} (tx {gone.id.hex()}) was dropped: {reason}"
 
 
 class LedgerView(Protocol):
@@ -287,10 +308,11 @@ class Mempool:
             victim = self._victim(incoming)
             if victim is None:
                 return None
-            self._remove(victim)
-            self._record(victim, "evicted: the mempool was full; submit it again later",
-                         "evicted", final=False)
+            e = self._remove(victim)
+            reason = "evicted: the mempool was full; submit it again later"
+            self._record(victim, reason, "evicted", final=False)
             evicted.append(victim)
+            evicted.extend(self._drop_successors(e.tx, reason, "evicted"))
         return evicted
 
     def _victim(self, incoming: Transaction) -> bytes | None:
@@ -315,6 +337,26 @@ class Mempool:
             ready = self.pending_nonce(signer)
             out.extend(txid for n, txid in chain.items() if n > ready)
         return out
+
+    def _drop_successors(self, gone: Transaction, reason: str, stage: str) -> list[bytes]:
+        """Drop the entries of `gone`'s signer that can no longer apply now it left.
+
+        Called after `gone` left the pool uncommitted for `reason`. Its successors
+        stay if its nonce is pending again or already used on chain (see the module
+        docstring for why the rule is this and no more).
+        """
+        assert gone.id not in self._by_id
+        chain = self._by_signer.get(gone.signer)
+        if not chain or gone.nonce in chain:
+            return []
+        if gone.nonce <= self.ledger.account_nonce(gone.signer):
+            return []
+        why = stranded_reason(gone, reason)
+        later = [chain[n] for n in sorted(chain) if n > gone.nonce]
+        for txid in later:
+            self._remove(txid)
+            self._record(txid, why, stage, final=False)
+        return later
 
     def _remove(self, txid: bytes) -> Entry:
         e = self._by_id.pop(txid)
@@ -353,13 +395,21 @@ class Mempool:
         return out
 
     def drop(self, txids: Iterable[bytes], reason: str) -> list[bytes]:
-        """Remove transactions the ledger refused while building a block; remember why."""
+        """Remove transactions the ledger refused while building a block; remember why.
+
+        Their successors go too (`_drop_successors`). The builder then reports those
+        as well, refused for a wrong nonce: that is a consequence, not their fault,
+        so an id already dropped keeps the reason it was dropped with (not final).
+        """
         dropped = []
         for txid in txids:
             if txid in self._by_id:
-                self._remove(txid)
+                e = self._remove(txid)
                 dropped.append(txid)
-            self._refuse(txid, reason, "block")
+                self._refuse(txid, reason, "block")
+                dropped.extend(self._drop_successors(e.tx, reason, "block"))
+            elif txid not in self._rejections:
+                self._refuse(txid, reason, "block")
         return dropped
 
     # ---- after a commit -----------------------------------------------------------------
@@ -406,24 +456,31 @@ class Mempool:
             txid = chain[n]
             reason = self.ledger.check_tx(self._by_id[txid].tx, pending)
             if reason is not None:
-                # Its successors cannot apply without it: they wait on a gap now and
-                # will be evicted first or expire.
-                self._remove(txid)
+                e = self._remove(txid)
                 dropped[txid] = reason
                 self._record(txid, reason, "recheck", final=False)
+                for later in self._drop_successors(e.tx, reason, "recheck"):
+                    dropped[later] = stranded_reason(e.tx, reason)
                 break
             pending = n
         return dropped
 
     def expire(self, now: float) -> list[bytes]:
-        """Drop entries older than `max_age`."""
+        """Drop entries older than `max_age`, and the younger successors they strand.
+
+        Returns the ids dropped: the expired ones (oldest first), then the stranded.
+        """
         old = [txid for txid, e in self._by_id.items() if now - e.added > self.max_age]
+        reason = (f"expired: waited over {self.max_age:.0f} s in the mempool without "
+                  "being included (a nonce gap, or no blocks); submit it again")
+        gone = []
         for txid in old:
-            self._remove(txid)
-            self._record(txid, f"expired: waited over {self.max_age:.0f} s in the mempool "
-                               "without being included (a nonce gap, or no blocks); submit "
-                               "it again", "expired", final=False)
-        return old
+            gone.append(self._remove(txid).tx)
+            self._record(txid, reason, "expired", final=False)
+        out = list(old)
+        for tx in sorted(gone, key=lambda t: t.nonce):  # the lowest gap names the cause
+            out.extend(self._drop_successors(tx, reason, "expired"))
+        return out
 
     def due_for_gossip(self, now: float, limit: int = REGOSSIP_BATCH) -> list[bytes]:
         """Raw bytes of entries due for another gossip round; marks them gossiped.

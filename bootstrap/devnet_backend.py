@@ -21,15 +21,28 @@ running commune, in real time, through the daemons' control APIs only:
 
 Ordering. On the in-process ledger a whole group of actions goes into one block, in
 order. Here each transaction needs a consensus round, so independent actions run
-concurrently and dependent ones wait for each other (`dependencies`): an action waits
-for every earlier action of its group that writes what it reads or writes (an account,
-a membership, an asset: bids on one asset keep their commit order, which decides ties),
-governance and other commune-wide actions (propose, vote, resign, a failed purchase, a
-liquidation) run alone, and an asset request goes last in its group, so that its
-auction's commit window opens just before the bids are sent. A transaction that needs
-an earlier one's id (an approval of a treasury action) is sent once that one is
-committed, to a daemon that has that block. One signer has at most one transaction in
-flight, so a rejected transaction never leaves a nonce gap behind it.
+concurrently and dependent ones wait for each other (`plan`): an action waits for the
+commit of every earlier action of its group that writes what it reads or writes (an
+account, a membership, an asset), governance and other commune-wide actions (propose,
+vote, resign, a failed purchase, a liquidation) run alone, and an asset request goes
+last in its group, so that its auction's commit window opens just before the bids are
+sent. A transaction that needs an earlier one's id (an approval of a treasury action)
+is sent once that one is committed, to a daemon that has that block. One signer has at
+most one transaction in flight, so a rejected transaction never leaves a nonce gap
+behind it.
+
+Bids on one asset by different bidders touch nothing of each other's, but their commit
+order numbers them, and the numbers break ties (DESIGN 6.4: the stop-out rate's shares,
+the rental winner, remainders of bond service) and are part of the summary compared
+with `simulate`. They must commit in the scenario's order, but need not wait for each
+other's commit: a bid is *sequenced* after the earlier ones, sent once each of them is
+ready (pending, no nonce gap) in the mempool of every validator's daemon, or committed,
+or refused (`_announce`). A proposer reaps ready transactions in the order they arrived
+(`node.mempool.Mempool.reap`), so whatever block takes them takes them in that order,
+and the bids of a group go out a gossip hop apart instead of a block apart. A bid not
+seen everywhere within `SEQUENCE_DEADLINE_SECONDS` (a lagging daemon) holds the next
+ones until it commits, as before. A bid the signing daemon refuses for the state holds
+them while that daemon retries it (`node.daemon.STATE_RETRY_SECONDS`).
 
 Time. `advance_to(t)` waits for a committed block at or after `t` (the daemons make an
 empty block every `empty_block_interval`, which is what closes periods and auctions);
@@ -41,10 +54,11 @@ stops making blocks ends the run with a `DevnetError` saying where to look.
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -81,6 +95,9 @@ NODE_REGISTRATION_GRACE_SECONDS = 10.0
 """How long an admitted member's daemon has to register its node before the devnet asks."""
 CATCH_UP_POLL_SECONDS = 0.02
 """Daemons are a block or so apart at most: catching up takes milliseconds."""
+SEQUENCE_DEADLINE_SECONDS = 5.0
+"""Longest wait for a bid to be ready at every validator before the bids sequenced after
+it fall back to waiting for its commit (a gossip hop takes tens of milliseconds)."""
 MAX_STATE_BYTES = 64 * 1024 * 1024
 
 BARRIER_STEPS = (ProposeStep, VoteStep, ResignStep, AcquireFailedStep, LiquidatedStep)
@@ -161,6 +178,11 @@ class Endpoint:
 
     def client(self) -> contextlib.AbstractContextManager[Client]:
         return self.pool.client()
+
+
+Send = Callable[[Client, float], dict[str, Any]]
+"""Sends one transaction through a client; the float is how long the call may wait for
+its commit."""
 
 
 def now_ms() -> int:
@@ -384,26 +406,47 @@ class DaemonBackend:
 
     def _run_group(self, actions: list[Action]) -> list[Outcome]:
         n = len(actions)
-        deps = dependencies(self.scenario, actions, self._name)
+        after_commit, after_send = plan(self.scenario, actions, self._name)
+        announced = {i for deps in after_send for i in deps}
+        sent = [threading.Event() for _ in range(n)]
+        wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         outcomes: list[Outcome | None] = [None] * n
         done: set[int] = set()
         started: set[int] = set()
         running: dict[Future[Outcome], int] = {}
         pool = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_ACTIONS,
                                   thread_name_prefix="devnet-action")
+
+        def notifier(j: int) -> Callable[[], None] | None:
+            if j not in announced:
+                return None
+
+            def on_sent() -> None:
+                sent[j].set()
+                wake.put(None)
+            return on_sent
+
+        def can_start(j: int) -> bool:
+            return after_commit[j] <= done and all(sent[i].is_set() for i in after_send[j])
+
         finished_ok = False
         try:
             while len(done) < n:
                 for j in range(n):
-                    if j not in started and deps[j] <= done \
+                    if j not in started and can_start(j) \
                             and len(running) < MAX_CONCURRENT_ACTIONS:
                         started.add(j)
-                        running[pool.submit(self._run_action, actions[j])] = j
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for f in finished:
+                        f = pool.submit(self._run_action, actions[j], notifier(j))
+                        running[f] = j
+                        f.add_done_callback(lambda _: wake.put(None))
+                assert running, "no action can start: the group's dependencies form a cycle"
+                with contextlib.suppress(queue.Empty):
+                    wake.get(timeout=1.0)
+                for f in [f for f in running if f.done()]:
                     j = running.pop(f)
                     outcomes[j] = f.result()
                     done.add(j)
+                    sent[j].set()
             finished_ok = True
         finally:
             if not finished_ok:
@@ -416,15 +459,19 @@ class DaemonBackend:
 
     # ---- one action ------------------------------------------------------------------------
 
-    def _run_action(self, action: Action) -> Outcome:
+    def _run_action(self, action: Action, on_sent: Callable[[], None] | None = None
+                    ) -> Outcome:
+        """Run an action's transactions in order; `on_sent` is called once the last one
+        is ready at every validator (see `_announce`), if it gets that far."""
         text = self.describe(action)
         self.trace(f"start: {text}")
         self.monitor.action_started(action, text)
         ids: list[bytes] = []
         reason: str | None = None
         height: int | None = None
-        for intent in action.intents:
-            done = self._run_intent(action, intent, ids)
+        for k, intent in enumerate(action.intents):
+            last = k == len(action.intents) - 1
+            done = self._run_intent(action, intent, ids, on_sent if last else None)
             if done.height is not None:
                 height = done.height if height is None else max(height, done.height)
                 self.reader.require(done.height)
@@ -439,7 +486,8 @@ class DaemonBackend:
         self.monitor.action_done(action, text, outcome, height)
         return outcome
 
-    def _run_intent(self, action: Action, intent: Intent, earlier: list[bytes]) -> _Done:
+    def _run_intent(self, action: Action, intent: Intent, earlier: list[bytes],
+                    on_sent: Callable[[], None] | None = None) -> _Done:
         signer = intent.key.public
         endpoint = self.by_member.get(signer)
         step = self.scenario.steps[action.step] if action.step is not None else None
@@ -451,28 +499,30 @@ class DaemonBackend:
         args = intent.resolve(earlier)
         with self._signer_lock(signer):
             if endpoint is None:
-                return self._signed_here(intent, args)
+                return self._signed_here(intent, args, on_sent)
             self._catch_up(endpoint)
             if isinstance(step, BidStep) and intent.kind == "bond.commit" and step.reveal \
                     and step.lock >= step.amount:
                 return self._daemon_bid(step, endpoint, "bond_bid", "bond_bids", {
                     "asset": args["asset"].hex(), "amount": step.amount,
-                    "rate_bps": step.rate_bps, "lock": step.lock})
+                    "rate_bps": step.rate_bps, "lock": step.lock}, on_sent)
             if isinstance(step, RentBidStep) and intent.kind == "rent.commit" and step.reveal:
                 return self._daemon_bid(step, endpoint, "rent_bid", "rent_bids", {
                     "asset": args["asset"].hex(), "rent": step.rent, "term": step.term,
-                    "lock": args.get("lock", 0)})
-            return self._sign(endpoint, intent.kind, to_json(args))
+                    "lock": args.get("lock", 0)}, on_sent)
+            return self._sign(endpoint, intent.kind, to_json(args), on_sent)
 
-    def _sign(self, endpoint: Endpoint, kind: str, args: dict[str, Any]) -> _Done:
+    def _sign(self, endpoint: Endpoint, kind: str, args: dict[str, Any],
+              on_sent: Callable[[], None] | None = None) -> _Done:
         """Have the member's daemon sign and submit; wait for the verdict."""
-        return self._call(endpoint, lambda c: c.sign(kind, args, wait=SUBMIT_WAIT_SECONDS))
+        return self._call(endpoint, lambda c, wait: c.sign(kind, args, wait=wait), on_sent)
 
     def _signer_lock(self, signer: bytes) -> threading.Lock:
         with self._locks_guard:
             return self._signer_locks.setdefault(signer, threading.Lock())
 
-    def _signed_here(self, intent: Intent, args: dict[str, Any]) -> _Done:
+    def _signed_here(self, intent: Intent, args: dict[str, Any],
+                     on_sent: Callable[[], None] | None = None) -> _Done:
         """An actor without a daemon: sign with its scenario key, submit to any daemon."""
         who = intent.key.public
         if who not in self._nonces:
@@ -484,39 +534,48 @@ class DaemonBackend:
         others = [e for e in self.endpoints if e is not first]
         self._catch_up(first)
 
-        def send(c: Client) -> dict[str, Any]:
-            result = c.submit(tx.raw)  # its verdict is the one reported
-            for e in others:  # the next proposer has it at once, not after a gossip hop
+        def send(c: Client, wait: float) -> dict[str, Any]:
+            result = c.submit(tx.raw)  # its verdict is the one reported; waited for below
+            for e in others:  # the next proposer has it at once, not after a gossip hop;
+                # as a batch, so that a daemon a block behind, which refuses it for now,
+                # does not hold the others (it gets it by gossip)
                 with contextlib.suppress(ClientError), e.client() as other:
-                    other.submit(tx.raw)
+                    other.submit_batch([tx.raw])
             return result
 
-        done = self._call(first, send)
+        done = self._call(first, send, on_sent)
         if done.reason is None:
             self._nonces[who] += 1
         return done
 
     def _daemon_bid(self, step: Step, endpoint: Endpoint, action: str, table: str,
-                    body: dict[str, Any]) -> _Done:
+                    body: dict[str, Any], on_sent: Callable[[], None] | None) -> _Done:
         done, result = self._call_result(
-            endpoint, lambda c: c.action(action, body, wait=SUBMIT_WAIT_SECONDS))
+            endpoint, lambda c, wait: c.action(action, body, wait=wait), on_sent)
         if done.reason is None:
             res = result.get("result") or {}
             auction = bytes.fromhex(str(res.get("auction") or body["asset"]))
             self._daemon_bids[step.index] = _Bid(table, auction, int(res["bid"]))
         return done
 
-    def _call(self, endpoint: Endpoint, fn: Callable[[Client], dict[str, Any]]) -> _Done:
-        return self._call_result(endpoint, fn)[0]
+    def _call(self, endpoint: Endpoint, fn: Send,
+              on_sent: Callable[[], None] | None = None) -> _Done:
+        return self._call_result(endpoint, fn, on_sent)[0]
 
-    def _call_result(self, endpoint: Endpoint, fn: Callable[[Client], dict[str, Any]]
+    def _call_result(self, endpoint: Endpoint, fn: Send,
+                     on_sent: Callable[[], None] | None = None
                      ) -> tuple[_Done, dict[str, Any]]:
-        """Send, then wait for the commit (or the rejection) with a deadline."""
+        """Send, then wait for the commit (or the rejection) with a deadline.
+
+        `fn(client, wait)` sends, its API call waiting up to `wait` seconds for the
+        commit. With `on_sent` it returns at once, and `on_sent` is called when the
+        transaction is ready at every validator (`_announce`).
+        """
         self.check()
         started = time.monotonic()
         try:
             with endpoint.client() as c:
-                result = fn(c)
+                result = fn(c, 0 if on_sent else SUBMIT_WAIT_SECONDS)
         except DaemonNotRunning:
             self.check()
             raise DevnetError(f"{endpoint.name}'s daemon stopped answering") from None
@@ -528,6 +587,10 @@ class DaemonBackend:
             raise DevnetError(f"{endpoint.name}'s daemon: {exc.message}") from None
         with self._locks_guard:
             self.stats.transactions += 1
+        if on_sent is not None and result.get("status") == "pending":
+            self.trace(f"{endpoint.name} took {str(result['id'])[:12]} after "
+                       f"{(time.monotonic() - started) * 1000:.0f} ms")
+            self._announce(str(result["id"]), on_sent, started)
         deadline = time.monotonic() + COMMIT_DEADLINE_SECONDS
         while result.get("status") == "pending":
             if time.monotonic() > deadline:
@@ -551,6 +614,57 @@ class DaemonBackend:
         reason = str(result.get("reason") or f"the daemon dropped the transaction without a "
                      f"verdict (status {status})")
         return _Done(None, reason), result
+
+    def _announce(self, txid: str, on_sent: Callable[[], None], started: float) -> None:
+        """Call `on_sent` once `txid` is ready at every validator's daemon, or committed.
+
+        Ready: pending with no nonce gap, so every proposer reaps it before anything
+        that arrives later (see the module docstring). Refused or dropped: nothing is
+        called, the caller's action ends with the verdict. Not everywhere within
+        `SEQUENCE_DEADLINE_SECONDS`: nothing is called either, so what is sequenced after
+        it waits for its commit.
+        """
+        deadline = time.monotonic() + SEQUENCE_DEADLINE_SECONDS
+        waiting = self._validator_endpoints()
+        rounds = 1
+        while waiting:
+            behind: list[Endpoint] = []
+            for e in waiting:
+                status = self._tx_status(e, txid)
+                state = status.get("status")
+                if state == "committed":  # its block is decided: what is sent now is later
+                    behind = []
+                    break
+                if state == "rejected" and status.get("final"):
+                    return  # it can never commit; the action ends with the verdict
+                if state != "pending" or "waiting_for_nonce" in status:
+                    behind.append(e)
+            waiting = behind
+            if not waiting:
+                break
+            rounds += 1
+            if time.monotonic() > deadline:
+                self.trace(f"{txid[:12]} not ready at {', '.join(e.name for e in waiting)} "
+                           f"after {SEQUENCE_DEADLINE_SECONDS:.0f} s: the next bids wait for "
+                           "its commit")
+                return
+            self._pause(CATCH_UP_POLL_SECONDS)
+        self.trace(f"{txid[:12]} ready everywhere after "
+                   f"{(time.monotonic() - started) * 1000:.0f} ms ({rounds} rounds of asking)")
+        on_sent()
+
+    def _tx_status(self, endpoint: Endpoint, txid: str) -> dict[str, Any]:
+        try:
+            with endpoint.client() as c:
+                return c.wait_tx(txid, timeout=0)
+        except ClientError as exc:
+            self.check()
+            raise DevnetError(f"{endpoint.name}'s daemon: {exc.message}") from None
+
+    def _validator_endpoints(self) -> list[Endpoint]:
+        """Daemons of members with a registered node: the ones that propose blocks."""
+        voting = {who for who, row in self.reader.rows("members") if row["node"]}
+        return [e for e in self.endpoints if e.member in voting] or list(self.endpoints)
 
     def _catch_up(self, endpoint: Endpoint) -> None:
         """Wait until `endpoint` has every block in which we saw a transaction commit.
@@ -614,8 +728,7 @@ class DaemonBackend:
                           f"{DAEMON_ACTION_DEADLINE_SECONDS:.0f} s; claiming through its API")
         with self._signer_lock(intent.key.public):
             self._catch_up(endpoint)
-            done = self._call(endpoint, lambda c: c.action("claim", {},
-                                                           wait=SUBMIT_WAIT_SECONDS))
+            done = self._call(endpoint, lambda c, wait: c.action("claim", {}, wait=wait))
         if done.reason == "no unclaimed dividends":
             return _Done(None, None)
         return done
@@ -708,26 +821,43 @@ class DaemonBackend:
         return text
 
 
-def resources(scenario: Scenario, action: Action, name: Callable[[bytes], str]
-              ) -> tuple[set[str], set[str], bool]:
-    """What an action reads, what it writes, and whether it must run alone.
+@dataclass(frozen=True)
+class Resources:
+    """What an action reads and writes, what it is numbered in, whether it runs alone.
+
+    `sequence`: counters the action takes the next number of (the bids of an auction),
+    so actions sharing one must commit in the group's order, though neither reads what
+    the other writes.
+    """
+
+    reads: frozenset[str] = frozenset()
+    writes: frozenset[str] = frozenset()
+    sequence: frozenset[str] = frozenset()
+    alone: bool = False
+
+
+def resources(scenario: Scenario, action: Action, name: Callable[[bytes], str]) -> Resources:
+    """What an action touches (`Resources`).
 
     Accounts (balances) and memberships are separate resources: an attestation
     reads the attester's membership and writes the applicant's, a deposit writes
     only the depositor's account, so an actor's deposit and attestation need not
     wait for each other. Treasury signers only authorize: they are not resources
-    (one signer's transactions are serialized anyway, see `DaemonBackend`).
+    (one signer's transactions are serialized anyway, see `DaemonBackend`). A bid
+    reads its asset (its auction must be open) and writes only the bidder's account
+    (the lock), and is numbered in its asset's bids.
     """
     if action.step is None:  # the runner's own: a claim credits the claimant
         who = name(action.intents[0].key.public)
-        return set(), {f"account:{who}"}, False
+        return Resources(writes=frozenset({f"account:{who}"}))
     step: Any = scenario.steps[action.step]
     if action.what == "reveal":
-        return set(), {f"bid:{step.index}"}, False
+        return Resources(writes=frozenset({f"bid:{step.index}"}))
     if isinstance(step, BARRIER_STEPS):
-        return set(), set(), True
+        return Resources(alone=True)
     reads: set[str] = set()
     writes: set[str] = set()
+    sequence: set[str] = set()
     by = step.by
     do = step.do
     if do in ("deposit", "withdraw", "claim"):
@@ -743,8 +873,9 @@ def resources(scenario: Scenario, action: Action, name: Callable[[bytes], str]
         reads.add(f"member:{by}")
         writes.add(f"asset:{step.asset}")
     elif do in ("bid", "rent_bid"):
-        reads.add(f"member:{by}")
-        writes |= {f"account:{by}", f"asset:{step.asset}"}
+        reads |= {f"member:{by}", f"asset:{step.asset}"}
+        writes.add(f"account:{by}")
+        sequence.add(f"bids:{step.asset}")
     elif do == "bond_transfer":
         writes |= {f"asset:{step.asset}", f"account:{by}", f"account:{step.to}"}
     elif do == "end_rental":
@@ -753,36 +884,52 @@ def resources(scenario: Scenario, action: Action, name: Callable[[bytes], str]
     elif do == "acquire":
         writes.add(f"asset:{step.asset}")
     else:  # anything not modelled above runs alone
-        return set(), set(), True
-    return reads, writes, False
+        return Resources(alone=True)
+    return Resources(frozenset(reads), frozenset(writes), frozenset(sequence))
 
 
 def opens_window(action: Action) -> bool:
     return action.step is not None and action.what == "request"
 
 
-def dependencies(scenario: Scenario, actions: Sequence[Action],
-                 name: Callable[[bytes], str]) -> list[set[int]]:
-    """For each action of a group, the earlier (or, for a request, other) actions it waits for.
+def plan(scenario: Scenario, actions: Sequence[Action], name: Callable[[bytes], str]
+         ) -> tuple[list[set[int]], list[set[int]]]:
+    """For each action of a group, the actions whose commit it waits for, and the earlier
+    ones it is only sent after (`DaemonBackend._announce`).
 
     Two actions conflict when one writes what the other reads or writes, or when either
-    must run alone; the later one waits. An action that opens a window (an asset request
-    opens its auction's commit window) goes last in its group: the player sends what
-    depends on it (the bids) only once the whole group is done, so the window must open
-    as late as possible. A step naming the asset is in a later group; if a later action
-    of the group still conflicts with it (a barrier), it stays where it is.
+    must run alone; the later one waits for the earlier one's commit. Actions numbered
+    in the same sequence and otherwise independent (bids on one asset by different
+    bidders) are sent in the group's order, each once the earlier ones are on their way
+    into blocks in that order. An action that opens a window (an asset request opens its
+    auction's commit window) goes last in its group: the player sends what depends on it
+    (the bids) only once the whole group is done, so the window must open as late as
+    possible. A step naming the asset is in a later group; if a later action of the group
+    still conflicts with it (a barrier), it stays where it is.
     """
     n = len(actions)
     res = [resources(scenario, a, name) for a in actions]
-    deps: list[set[int]] = []
+    after_commit: list[set[int]] = []
+    after_send: list[set[int]] = []
+    for j, rj in enumerate(res):
+        conflicts = {i for i in range(j) if rj.alone or res[i].alone
+                     or res[i].writes & (rj.reads | rj.writes) or rj.writes & res[i].reads}
+        after_commit.append(conflicts)
+        after_send.append({i for i in range(j)
+                           if i not in conflicts and res[i].sequence & rj.sequence})
     for j in range(n):
-        rj, wj, bj = res[j]
-        deps.append({i for i in range(j) if bj or res[i][2] or res[i][1] & (rj | wj)
-                     or wj & res[i][0]})
-    for j in range(n):
-        if opens_window(actions[j]) and not any(j in deps[i] for i in range(j + 1, n)):
-            deps[j] |= {i for i in range(n) if i != j and not opens_window(actions[i])}
-    return deps
+        if opens_window(actions[j]) and not any(j in after_commit[i] or j in after_send[i]
+                                                for i in range(j + 1, n)):
+            after_commit[j] |= {i for i in range(n) if i != j and not opens_window(actions[i])}
+            after_send[j] -= after_commit[j]
+    return after_commit, after_send
+
+
+def dependencies(scenario: Scenario, actions: Sequence[Action],
+                 name: Callable[[bytes], str]) -> list[set[int]]:
+    """For each action of a group, every action it waits for in some way (`plan`)."""
+    after_commit, after_send = plan(scenario, actions, name)
+    return [c | s for c, s in zip(after_commit, after_send, strict=True)]
 
 
 # ---- words for people --------------------------------------------------------------------

@@ -135,6 +135,7 @@ class AddResult:
     reason: str | None = None
     tx: Transaction | None = None
     evicted: tuple[bytes, ...] = ()
+    """Ids that left to make room: the evicted ones, each followed by what it stranded."""
     state_dependent: bool = False
     """Refused by the ledger's view of the committed state (a balance, a window, an
     object not there yet): the same bytes may be accepted after the next block."""

@@ -15,8 +15,9 @@ daemons claim; a transfer; a withdrawal) and check:
 - with --keep-running the daemons answer `commune status` afterwards and stop cleanly
   on SIGTERM; Ctrl-C on the devnet stops every daemon cleanly and exits 130.
 
-The fast tests cover node planning, the ordering of a group's actions, the figure
-comparison and the usage errors, without daemons.
+The fast tests cover node planning, the ordering of a group's actions (bids on one
+asset are sent in order, each once the earlier ones are ready everywhere, without
+waiting for their commits), the figure comparison and the usage errors, without daemons.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +44,8 @@ from bootstrap.devnet import (
     load_devnet_scenario,
     plan_nodes,
 )
-from bootstrap.devnet_backend import dependencies
-from bootstrap.player import Action, Intent
+from bootstrap.devnet_backend import ClientPool, DaemonBackend, Endpoint, dependencies, plan
+from bootstrap.player import Action, Intent, Outcome
 from bootstrap.scenario import Scenario, load_scenario, parse_scenario
 from bootstrap.simulate import simulate
 from node.client import Client
@@ -205,20 +207,114 @@ def test_group_ordering(tiny: Scenario) -> None:
     # request, two deposits: independent deposits run at once, the request goes last.
     deps = dependencies(tiny, [_action(tiny, i) for i in (0, 1, 2)], name)
     assert deps == [{1, 2}, set(), set()]
-    # bids on one asset keep their order (the commit order decides ties).
+    # bids on one asset keep their order (the commit order numbers them and decides
+    # ties), but only their sending is ordered: none waits for another's commit.
     deps = dependencies(tiny, [_action(tiny, i) for i in (3, 4, 5)], name)
     assert deps == [set(), {0}, {0, 1}]
+    assert plan(tiny, [_action(tiny, i) for i in (3, 4, 5)], name) == (
+        [set(), set(), set()], [set(), {0}, {0, 1}])
+    # the same bidder's bids share an account (the lock): the second waits for the commit.
+    again = parse_scenario(json.loads(json.dumps(
+        {**TINY, "steps": [*TINY["steps"][:6], {"period": 0, "by": "bob", "do": "bid",
+                                                "asset": "bike", "amount": 500,
+                                                "rate_bps": 700}]})))
+    assert plan(again, [_action(again, i) for i in (4, 5, 6)], name) == (
+        [set(), set(), {0}], [set(), {0}, {1}])
     # apply, then attestations of that applicant, in order; the purchase waits for nothing.
     deps = dependencies(tiny, [_action(tiny, i) for i in (7, 8, 9, 6)], name)
     assert deps == [set(), {0}, {0, 1}, set()]
-    # rent bids on one asset keep their order too.
-    deps = dependencies(tiny, [_action(tiny, i) for i in (11, 12)], name)
-    assert deps == [set(), {0}]
+    # rent bids on one asset keep their order too; a purchase of the asset is waited for.
+    assert plan(tiny, [_action(tiny, i) for i in (11, 12)], name) == (
+        [set(), set()], [set(), {0}])
+    assert plan(tiny, [_action(tiny, i) for i in (6, 11, 12)], name) == (
+        [set(), {0}, {0}], [set(), set(), {1}])
     # the runner's claims credit the claimant: a transfer by the claimant waits.
     claim = Action(None, "claim", (Intent(tiny.key("ivan"), "dividend.claim",
                                           {"periods": [1]}),))
     deps = dependencies(tiny, [claim, _action(tiny, 10), _action(tiny, 13)], name)
     assert deps == [set(), {0}, {0, 1}]
+
+
+class _Quiet:
+    """A monitor that shows nothing (the scheduling test runs no display)."""
+
+    def action_started(self, action: Action, text: str) -> None: ...
+
+    def action_done(self, action: Action, text: str, outcome: Outcome,
+                    height: int | None) -> None: ...
+
+    def waiting(self, text: str, until_ms: int | None) -> None: ...
+
+    def warn(self, text: str) -> None: ...
+
+    def advanced(self, time_ms: int, height: int) -> None: ...
+
+
+class _Scripted(DaemonBackend):
+    """The real scheduler; each action, instead of reaching daemons, follows a script:
+    whether it reports itself sent (ready everywhere) before it finishes."""
+
+    def __init__(self, scenario: Scenario, tmp: Path, announces: set[int]) -> None:
+        alice = scenario.key("alice").public
+        endpoint = Endpoint("alice", tmp, alice, ClientPool(tmp))
+        super().__init__(scenario, b"\x01" * 32, 0, [endpoint], auto_claim=False,
+                         monitor=_Quiet(), stopping=threading.Event())
+        self.announces = announces
+        self.events: list[str] = []
+        self._events_lock = threading.Lock()
+        self.release: dict[int, threading.Event] = {}
+
+    def note(self, event: str) -> None:
+        with self._events_lock:
+            self.events.append(event)
+
+    def _run_action(self, action: Action, on_sent: Callable[[], None] | None = None
+                    ) -> Outcome:
+        step = action.step
+        assert step is not None
+        self.note(f"start {step}")
+        if step in self.announces:
+            assert on_sent is not None
+            self.note(f"sent {step}")
+            on_sent()
+        # Finish only once released: the next bid must be able to start meanwhile.
+        assert self.release.setdefault(step, threading.Event()).wait(60), step
+        self.note(f"end {step}")
+        return Outcome((), None)
+
+
+def test_sequenced_bids_start_once_the_earlier_is_sent_not_committed(
+        tiny: Scenario, tmp_path: Path) -> None:
+    actions = [_action(tiny, i) for i in (3, 4, 5)]
+    backend = _Scripted(tiny, tmp_path, announces={3, 4})
+    for i in (3, 4, 5):
+        backend.release[i] = threading.Event()
+
+    def finish_when_all_started() -> None:
+        while not all(f"start {i}" in backend.events for i in (3, 4, 5)):
+            time.sleep(0.01)
+        for i in (3, 4, 5):
+            backend.release[i].set()
+
+    releaser = threading.Thread(target=finish_when_all_started, daemon=True)
+    releaser.start()
+    assert backend._run_group(actions) == [Outcome((), None)] * 3
+    releaser.join()
+    ev = backend.events
+    assert ev.index("sent 3") < ev.index("start 4") < ev.index("sent 4") < ev.index("start 5")
+    assert max(ev.index(f"start {i}") for i in (3, 4, 5)) < min(
+        ev.index(f"end {i}") for i in (3, 4, 5))
+
+
+def test_a_bid_never_sent_holds_the_next_until_it_is_done(
+        tiny: Scenario, tmp_path: Path) -> None:
+    actions = [_action(tiny, i) for i in (3, 4)]
+    backend = _Scripted(tiny, tmp_path, announces=set())  # e.g. not ready in time
+    for i in (3, 4):
+        backend.release[i] = threading.Event()
+        backend.release[i].set()
+    assert backend._run_group(actions) == [Outcome((), None)] * 2
+    assert backend.events == ["start 3", "end 3", "start 4", "end 4"]
 
 
 def test_figures_ignore_only_what_block_times_change() -> None:

@@ -77,6 +77,7 @@ from bootstrap.scenario import (
 )
 from ledger.membership import default_peer_id
 from node.client import Client, ClientError, DaemonNotRunning
+from protocol.crypto import parse_id
 from protocol.encoding import decode, encode
 from protocol.transactions import make_tx
 
@@ -662,9 +663,16 @@ class DaemonBackend:
             raise DevnetError(f"{endpoint.name}'s daemon: {exc.message}") from None
 
     def _validator_endpoints(self) -> list[Endpoint]:
-        """Daemons of members with a registered node: the ones that propose blocks."""
-        voting = {who for who, row in self.reader.rows("members") if row["node"]}
-        return [e for e in self.endpoints if e.member in voting] or list(self.endpoints)
+        """Daemons that may propose the next blocks (the validators of the next two
+        heights, as the reader daemon knows them); every daemon if it cannot say."""
+        try:
+            with self.endpoints[0].client() as c:
+                answer = c.get("validators")
+            ids = {parse_id(t) for t in [*answer["validators"], *answer["next"]]}
+        except (ClientError, KeyError, TypeError, ValueError):
+            self.check()
+            return list(self.endpoints)
+        return [e for e in self.endpoints if e.member in ids] or list(self.endpoints)
 
     def _catch_up(self, endpoint: Endpoint) -> None:
         """Wait until `endpoint` has every block in which we saw a transaction commit.

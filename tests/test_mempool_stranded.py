@@ -12,11 +12,16 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from ledger.testing import Harness, key
 from node import queries
 from node.daemon import LedgerAdapter
 from node.mempool import Mempool, stranded_reason
 from protocol.transactions import Transaction
+from tests.test_mempool import KEYS, Accounts, transfer
+from tests.test_mempool import pool as stand_in_pool
 
 OUTSIDER = key("mempool-stranded", "outsider").public
 
@@ -173,3 +178,71 @@ def test_expiry_drops_the_younger_successors() -> None:
         assert_stranded(h, mp, tx.id, gapped, expired.reason, "expired")
     assert len(mp) == 0
     mp.check_invariants()
+
+
+# ---- a property, over the stand-in ledger of test_mempool.py ---------------------------------
+
+
+def build(acc: Accounts, txs: list[Transaction]
+          ) -> tuple[list[Transaction], list[tuple[bytes, str]]]:
+    """What a block builder makes of `txs`: in order, skipping what fails, with reasons."""
+    nonces: dict[bytes, int] = {}
+    spent: dict[bytes, int] = {}
+    included: list[Transaction] = []
+    skipped: list[tuple[bytes, str]] = []
+    for tx in txs:
+        s = tx.signer
+        expected = nonces.get(s, acc.account_nonce(s)) + 1
+        amount = tx.args["amount"]
+        if tx.nonce != expected:
+            skipped.append((tx.id, f"nonce {tx.nonce}, expected {expected}"))
+        elif acc.balances.get(s, 0) - spent.get(s, 0) < amount:
+            skipped.append((tx.id, "balance too low"))
+        else:
+            included.append(tx)
+            nonces[s] = tx.nonce
+            spent[s] = spent.get(s, 0) + amount
+    return included, skipped
+
+
+@settings(max_examples=80, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["add", "add", "add", "commit", "expire",
+                                               "balance"]),
+                              st.integers(0, 1), st.integers(1, 3)), max_size=40))
+def test_nothing_pending_waits_on_a_nonce_that_left(ops: list[tuple[str, int, int]]) -> None:
+    mp, acc = stand_in_pool(max_txs=6, max_per_signer=4, max_age=6)
+    for k in KEYS[:3]:
+        acc.balances[k.public] = 6
+    now = 0.0
+    for op, who, n in ops:
+        now += 1
+        key_ = KEYS[who]
+        before = {txid: t for txid in list(mp.verified_ids()) if (t := mp.get(txid))}
+        if op == "add":
+            nonce = acc.account_nonce(key_.public) + n
+            mp.add(transfer(key_, nonce, amount=2, memo=f"{now}").raw, now)
+        elif op == "commit":
+            included, skipped = build(acc, mp.reap(n, 10**9))
+            for txid, reason in skipped:  # as the driver does
+                mp.drop([txid], reason)
+            acc.apply(included)
+            mp.block_committed(included, recheck_all=not included)
+        elif op == "expire":
+            mp.expire(now)
+        else:  # the balance changes (as a committed block would)
+            acc.balances[key_.public] = 2 * (n - 1)
+            mp.block_committed([], recheck_all=True)
+        mp.check_invariants()
+        left = [t for txid, t in before.items() if txid not in mp and not mp.was_committed(txid)]
+        for gone in left:
+            r = mp.rejection(gone.id)
+            assert r is not None, "left without a reason"
+            if gone.nonce <= acc.account_nonce(gone.signer):
+                continue  # its nonce is used: the chain goes on
+            if mp.pending_nonce(gone.signer) >= gone.nonce:
+                continue  # the nonce is pending again
+            for t in before.values():
+                if t.signer == gone.signer and t.nonce > gone.nonce:
+                    assert t.id not in mp, f"nonce {t.nonce} left waiting on {gone.nonce}"
+                    shown = mp.rejection(t.id)
+                    assert shown is not None and not shown.final, shown

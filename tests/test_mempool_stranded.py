@@ -5,7 +5,8 @@ expiry) while its nonce is unused takes its signer's later-nonce entries with it
 recorded as "nonce N (tx <id>) was dropped: <reason>" (not final). The rule acts only at
 that moment: a nonce refused on arrival strands nothing, and successors submitted after
 the cascade wait for the nonce like any gapped entry, so the missing nonce and its
-successors can be resubmitted in either order.
+successors can be resubmitted in either order. A property test over the stand-in ledger
+of test_mempool.py checks the rule against random sequences of operations.
 """
 
 from __future__ import annotations

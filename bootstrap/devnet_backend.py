@@ -311,6 +311,8 @@ class DaemonBackend:
         self._gateway = 0
         self._watermark = 0
         """Highest height at which one of our transactions committed."""
+        self._proposers: list[Endpoint] = list(self.endpoints)
+        """Daemons that may propose while the current group runs (`_announce` asks them)."""
         self._heights: dict[str, int] = {}
         """Heights each daemon is known to have reached."""
         self._unregistered: dict[bytes, float] = {}
@@ -409,6 +411,8 @@ class DaemonBackend:
         n = len(actions)
         after_commit, after_send = plan(self.scenario, actions, self._name)
         announced = {i for deps in after_send for i in deps}
+        if announced:
+            self._proposers = self._validator_endpoints()
         sent = [threading.Event() for _ in range(n)]
         wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         outcomes: list[Outcome | None] = [None] * n
@@ -626,33 +630,48 @@ class DaemonBackend:
         it waits for its commit.
         """
         deadline = time.monotonic() + SEQUENCE_DEADLINE_SECONDS
-        waiting = self._validator_endpoints()
+        waiting = list(self._proposers)
         rounds = 1
-        while waiting:
-            behind: list[Endpoint] = []
-            for e in waiting:
-                status = self._tx_status(e, txid)
-                state = status.get("status")
-                if state == "committed":  # its block is decided: what is sent now is later
-                    behind = []
-                    break
-                if state == "rejected" and status.get("final"):
+        asking = ThreadPoolExecutor(max_workers=len(waiting), thread_name_prefix="devnet-ask")
+        try:
+            while waiting:
+                answers = list(asking.map(lambda e: self._tx_status(e, txid), waiting))
+                behind = self._not_ready(waiting, answers)
+                if behind is None:
                     return  # it can never commit; the action ends with the verdict
-                if state != "pending" or "waiting_for_nonce" in status:
-                    behind.append(e)
-            waiting = behind
-            if not waiting:
-                break
-            rounds += 1
-            if time.monotonic() > deadline:
-                self.trace(f"{txid[:12]} not ready at {', '.join(e.name for e in waiting)} "
-                           f"after {SEQUENCE_DEADLINE_SECONDS:.0f} s: the next bids wait for "
-                           "its commit")
-                return
-            self._pause(CATCH_UP_POLL_SECONDS)
+                waiting = behind
+                if not waiting:
+                    break
+                rounds += 1
+                if time.monotonic() > deadline:
+                    self.trace(f"{txid[:12]} not ready at "
+                               f"{', '.join(e.name for e in waiting)} after "
+                               f"{SEQUENCE_DEADLINE_SECONDS:.0f} s: the next bids wait for "
+                               "its commit")
+                    return
+                self._pause(CATCH_UP_POLL_SECONDS)
+        finally:
+            asking.shutdown(wait=False, cancel_futures=True)
         self.trace(f"{txid[:12]} ready everywhere after "
                    f"{(time.monotonic() - started) * 1000:.0f} ms ({rounds} rounds of asking)")
         on_sent()
+
+    @staticmethod
+    def _not_ready(asked: list[Endpoint], answers: list[dict[str, Any]]
+                   ) -> list[Endpoint] | None:
+        """The daemons that do not have the transaction ready yet ([] once it is committed
+        anywhere: its block is decided, what is sent now commits later); None if it was
+        refused for good."""
+        behind: list[Endpoint] = []
+        for e, status in zip(asked, answers, strict=True):
+            state = status.get("status")
+            if state == "committed":
+                return []
+            if state == "rejected" and status.get("final"):
+                return None
+            if state != "pending" or "waiting_for_nonce" in status:
+                behind.append(e)
+        return behind
 
     def _tx_status(self, endpoint: Endpoint, txid: str) -> dict[str, Any]:
         try:

@@ -264,6 +264,9 @@ class _Scripted(DaemonBackend):
         self._events_lock = threading.Lock()
         self.release: dict[int, threading.Event] = {}
 
+    def _validator_endpoints(self) -> list[Endpoint]:
+        return list(self.endpoints)
+
     def note(self, event: str) -> None:
         with self._events_lock:
             self.events.append(event)

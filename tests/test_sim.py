@@ -1,18 +1,16 @@
 """The deterministic simulator in CI: many seeds of faults and Byzantine validators with
 the small application, some seeds with the real ledger, every kept regression, exact
-replay, and proof that the invariant checks bite.
+replay, and proof that the invariant checks bite -- including on re-introduced lock-rule
+bugs that only the simulator's targeted schedules and vote checks catch.
 
-Seed counts: SIM_SEEDS (default 300) and SIM_LEDGER_SEEDS (default 24); longer runs:
-`python -m tests.sim --seeds N [--start S] [--mode ledger]`.
+Seed counts: SIM_SEEDS (default 300) and SIM_LEDGER_SEEDS (default 24), see
+`tests/sim/ci.py`; longer runs: `python -m tests.sim --seeds N [--start S] [--mode ledger]`;
+the full mutation check: `python -m tests.sim.mutate`.
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from typing import Any
 
 import pytest
@@ -22,42 +20,52 @@ from protocol.consensus import ConsensusEngine
 from protocol.crypto import sha256
 from protocol.votes import validator_set
 from tests.sim.__main__ import main as sim_main
+from tests.sim.ci import (
+    SEEDS,
+    ledger_scenarios,
+    parallel_map,
+    run_covered,
+    toy_scenarios,
+)
 from tests.sim.invariants import Checker, SimFailure
+from tests.sim.mutate import MUTANTS, TARGET, apply, mutant_engine
 from tests.sim.regressions import REGRESSIONS, scenario_of
-from tests.sim.scenario import BEHAVIOURS, SIZES, draw
+from tests.sim.scenario import BEHAVIOURS, CRASH_MODES, PROFILES, SIZES, Scenario, draw
 from tests.sim.world import World, run_scenario
 
-SEEDS = int(os.environ.get("SIM_SEEDS", "300"))
-LEDGER_SEEDS = int(os.environ.get("SIM_LEDGER_SEEDS", "24"))
+LOCK_MOMENTS = {
+    "restarted_locked": 20,
+    "reproposal_pol_older_than_lock": 3,
+    "reproposal_without_pol": 10,
+    "reproposal_older_than_drift": 20,
+    "relocked": 3,
+}
+"""Moments the lock rules decide that CI's toy seeds must reach at least this often
+(measured: several times more), so that a change to the generator cannot quietly stop
+the simulator from testing them. See `Checker.cover`."""
 
 
-def _run(job: tuple[int, str]) -> str | None:
-    seed, mode = job
-    sc = draw(seed, None, mode)
-    try:
-        run_scenario(sc)
-    except Exception as exc:  # any failure of a seed is reported with its replay command
-        return f"{sc.describe()}\n  {type(exc).__name__}: {exc}\n  replay: {sc.command()}"
-    return None
-
-
-def _map(fn: Callable[[Any], str | None], jobs: list[Any]) -> list[str | None]:
-    """Seeds are independent: use both cores when there are two."""
-    workers = min(2, os.cpu_count() or 1)
-    if workers < 2 or len(jobs) < 8:
-        return [fn(j) for j in jobs]
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        return list(pool.map(fn, jobs, chunksize=4))
+def _run_all(scenarios: list[Scenario]) -> tuple[list[str], Counter[str]]:
+    failures: list[str] = []
+    cover: Counter[str] = Counter()
+    for sc, (err, reached) in zip(scenarios, parallel_map(run_covered, scenarios),
+                                  strict=True):
+        cover.update(reached)
+        if err is not None:
+            failures.append(f"{sc.describe()}\n  {err}\n  replay: {sc.command()}")
+    return failures, cover
 
 
 def test_many_seeds_with_faults_and_byzantine_validators() -> None:
-    failures = [f for f in _map(_run, [(s, "toy") for s in range(SEEDS)]) if f]
+    failures, cover = _run_all(toy_scenarios())
     assert not failures, f"{len(failures)} of {SEEDS} seeds failed:\n" + "\n".join(failures)
+    if SEEDS >= 300:
+        short = {k: cover[k] for k, n in LOCK_MOMENTS.items() if cover[k] < n}
+        assert not short, f"lock-rule moments reached too rarely: {short} of {dict(cover)}"
 
 
 def test_seeds_with_the_real_ledger() -> None:
-    jobs = [(s, "ledger") for s in range(LEDGER_SEEDS)]
-    failures = [f for f in _map(_run, jobs) if f]
+    failures, _ = _run_all(ledger_scenarios())
     assert not failures, "\n".join(failures)
 
 
@@ -67,6 +75,7 @@ def test_the_seeds_cover_every_size_and_fault() -> None:
     seen: Counter[str] = Counter()
     for s in range(SEEDS):
         sc = draw(s)
+        seen[sc.profile] += 1
         seen[f"size{sc.size}"] += 1
         seen.update(b for _, bs in sc.byzantine for b in bs)
         seen.update(f"crash:{m}" for m in sc.crash_modes)
@@ -78,8 +87,9 @@ def test_the_seeds_cover_every_size_and_fault() -> None:
         seen["loss30"] += sc.loss >= 0.3
         seen["dup50"] += sc.dup >= 0.5
         seen["replay"] += sc.replay > 0
-    wanted = ([f"size{n}" for n in SIZES] + list(BEHAVIOURS)
-              + [f"crash:{m}" for m in ("clean", "mid_append", "torn_tail", "garbage_tail")]
+    wanted = ([f"size{n}" for n in SIZES] + list(BEHAVIOURS) + list(PROFILES)
+              + ["stale_pol", "bad_clock"]
+              + [f"crash:{m}" for m in (*CRASH_MODES, "at_precommit")]
               + ["joiner", "remove", "adversarial_timing", "twin", "partitions", "loss30",
                  "dup50", "replay", "outsider:garbage", "outsider:sync_liar"])
     missing = [w for w in wanted if seen[w] < 3]
@@ -151,3 +161,32 @@ def test_checker_flags_disagreement_and_foreign_certificates() -> None:
     with pytest.raises(SimFailure, match="certificate"):
         Checker(chain, set(), 1000).on_commit(FakeNode(), blocks[0], certs[0], other,  # type: ignore[arg-type]
                                               chain)
+
+
+def test_every_mutant_still_matches_the_engine() -> None:
+    """The mutation check edits the engine's source by exact match: if the engine
+    changed under a mutant, the mutant must be brought up to date (or dropped, with
+    the reason), not silently skipped."""
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[1] / TARGET).read_text()
+    for m in MUTANTS:
+        assert apply(m, source) != source
+
+
+CAUGHT_BY_PINNED = [
+    (entry["catches"], entry["seed"]) for entry in REGRESSIONS if "catches" in entry
+]
+
+
+@pytest.mark.parametrize(("mutant", "seed"), CAUGHT_BY_PINNED,
+                         ids=[f"{m}-seed{s}" for m, s in CAUGHT_BY_PINNED])
+def test_the_simulator_catches_a_reintroduced_lock_bug(
+        mutant: str, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock-rule bugs that random faults missed (see `python -m tests.sim.mutate`),
+    each re-introduced into a copy of the engine: the pinned scenario that caught it
+    must still fail on it (and pass on the real engine, as `test_regression` shows)."""
+    entry = next(e for e in REGRESSIONS if e.get("catches") == mutant and e["seed"] == seed)
+    monkeypatch.setattr(sim_node, "ConsensusEngine", mutant_engine(mutant))
+    with pytest.raises(SimFailure):
+        run_scenario(scenario_of(entry))

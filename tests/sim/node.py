@@ -71,6 +71,9 @@ class SimNode:
         self.up = False
         self.incarnation = 0
         self.tear_next_append = False
+        self.crash_at_precommit: str | None = None
+        """Dies right after its next precommit of a block is `persisted` (not yet sent)
+        or `sent`: a locked node's restart, at the step where the lock matters."""
         self.engine: ConsensusEngine | None = None
         self.sync: BlockSync | None = None
         self.mempool: dict[bytes, bytes] = {}
@@ -111,9 +114,12 @@ class SimNode:
         self.mempool = {}
         self.evidence_pool = {}
         now = self.now()
-        self._run(self.engine.start_height(now, app.height + 1, app.validators_at(app.height + 1),
-                                           app.last_block_hash, app.last_time_ms, False))
+        effects = self.engine.start_height(now, app.height + 1, app.validators_at(app.height + 1),
+                                           app.last_block_hash, app.last_time_ms, False)
+        if self.honest:
+            self.world.checker.on_boot(self, self.engine)
         self._schedule_status(self.incarnation)
+        self._run(effects)
 
     def crash(self, mode: str = "clean") -> None:
         """Lose everything volatile. `torn_tail`/`garbage_tail` leave the debris of an
@@ -244,12 +250,22 @@ class SimNode:
         self.wal += frame
         self.live_records.append(rec)
         self.signed_count += 1
+        if self.honest:
+            self.world.checker.on_persist(self, rec)
+        if self.crash_at_precommit == "persisted" and _locks(rec):
+            self.crash_at_precommit = None
+            raise Crashed()
 
     def _broadcast_consensus(self, e: Broadcast) -> None:
         msg = e.message
         if isinstance(msg, Proposal | Vote):
             self.world.checker_signed(self, msg)
         self.world.broadcast(self.index, "consensus", e.raw)
+        if (self.crash_at_precommit == "sent" and isinstance(msg, Vote)
+                and msg.validator == self.key.public and msg.type == "precommit"
+                and msg.block_hash != NIL):
+            self.crash_at_precommit = None
+            raise Crashed()
 
     def _build_proposal(self, e: RequestProposal) -> list[Any]:
         assert self.engine is not None
@@ -360,26 +376,70 @@ class ByzantineNode(SimNode):
         super().__init__(world, index, key)
         self.behaviours = set(behaviours)
         self._endorsed: set[tuple[int, int, bytes]] = set()
+        self._stale_sent: dict[tuple[int, int], tuple[Proposal, list[Vote]]] = {}
+        """stale_pol: what it proposed at (height, round), resent as it was."""
 
     def on_receive(self, src: int, channel: str, raw: bytes) -> None:
         super().on_receive(src, channel, raw)
-        if "amnesia" in self.behaviours and channel == "consensus" and self.up:
+        endorse = self.behaviours & {"amnesia", "stale_pol"}
+        if endorse and channel == "consensus" and self.up:
             msg = self.world.decode_consensus(raw)
             # Including the height it has itself committed: that is when a second
             # quorum, for another block, would break agreement.
             if isinstance(msg, Proposal) and msg.height >= self.app.height:
-                self._endorse(msg.height, msg.round, msg.block_hash)
+                self._endorse(msg.height, msg.round, msg.block_hash,
+                              precommit="amnesia" in endorse)
 
-    def _endorse(self, height: int, round: int, block_hash: bytes) -> None:
-        """Prevote and precommit every proposal seen, to everyone: the vote that most
-        helps two honest groups reach quorums for different blocks."""
+    def _endorse(self, height: int, round: int, block_hash: bytes,
+                 precommit: bool = True) -> None:
+        """Prevote (and precommit) every proposal seen, to everyone: the vote that most
+        helps two honest groups reach quorums for different blocks -- or, prevotes
+        alone, helps a proof of lock form for every block proposed, round after round."""
         if (height, round, block_hash) in self._endorsed or len(self._endorsed) > 10_000:
             return
         self._endorsed.add((height, round, block_hash))
         cid = self.world.chain_id
-        for t in ("prevote", "precommit"):
+        for t in ("prevote", "precommit") if precommit else ("prevote",):
             v = Vote.create(self.key, cid, t, height, round, block_hash)
             self.world.broadcast(self.index, "consensus", encode_message(v))
+
+    def _stale_proposal(self, msg: Proposal) -> tuple[Proposal, list[Vote]] | None:
+        """What a proposer that attacks the unlock rule sends instead of `msg`. Once it
+        holds proofs of lock for two blocks, the block of the *older* one, re-proposed
+        with it (honest nodes locked on the newer must refuse it); with a proof of lock
+        for one block only, a fresh other block (which unlocked nodes and its own
+        prevote may carry to a second proof of lock, in a later round); now and then a
+        made-up pol_round (nobody may accept it without the +2/3 prevotes). Returns the
+        proposal and the prevotes to relay with it; None to propose `msg` (round 0)."""
+        e, rng = self.engine, self.world.rng
+        r = msg.round
+        if e is None or r == 0 or msg.height != e.height:
+            return None
+        q = e.validators.quorum()
+        pols = sorted((pr, v) for pr, rv in e._rounds.items() if pr < r
+                      for v, n in rv.prevote_tally.items()
+                      if v != NIL and n >= q and v in e._blocks)
+        cid = self.world.chain_id
+        if rng.random() < 0.8:
+            newest = pols[-1][1] if pols else None
+            stale = [x for x in pols if x[1] != newest]
+            if stale:
+                self.world.stats["stale_pol_old"] += 1
+                pr, v = stale[0]
+                relay = e._rounds[pr].votes_for("prevote", v)
+                return Proposal.create(self.key, cid, msg.height, r, pr, e._blocks[v]), relay
+            now = max(self.now(), e.prev_time_ms + 1)  # fresh means timely, too
+            fresh = self._alternative_block(msg.block, now)
+            if fresh is not None and fresh.hash() != newest:
+                self.world.stats["stale_pol_fresh"] += 1
+                return Proposal.create(self.key, cid, msg.height, r, -1, fresh), []
+        known = [b for h, b in e._blocks.items() if h != msg.block_hash]
+        block = rng.choice(known) if known and rng.random() < 0.5 else \
+            self._alternative_block(msg.block)
+        if block is None:
+            return None
+        self.world.stats["stale_pol_fake"] += 1
+        return Proposal.create(self.key, cid, msg.height, r, rng.randrange(r), block), []
 
     def boot(self) -> None:
         super().boot()
@@ -397,6 +457,10 @@ class ByzantineNode(SimNode):
         rng = self.world.rng
         if "silent" in self.behaviours and rng.random() < 0.8:
             return
+        if ("stale_pol" in self.behaviours and isinstance(msg, Vote)
+                and msg.type == "precommit" and msg.validator == self.key.public):
+            return  # its precommits would only help honest nodes decide
+
         a, b = self._halves()
         cid = self.world.chain_id
         if isinstance(msg, Vote) and "double_vote" in self.behaviours and rng.random() < 0.7:
@@ -407,6 +471,30 @@ class ByzantineNode(SimNode):
             for p in b:
                 self.world.send(self.index, p, "consensus", encode_message(twin))
             return
+        if (isinstance(msg, Proposal) and "stale_pol" in self.behaviours
+                and msg.proposer == self.key.public):
+            stale = self._stale_sent.get((msg.height, msg.round))
+            if stale is None:
+                stale = self._stale_proposal(msg)
+                if stale is not None and len(self._stale_sent) < 10_000:
+                    self._stale_sent[(msg.height, msg.round)] = stale
+            if stale is not None:
+                p2, relay = stale
+                self.world.broadcast(self.index, "consensus", encode_message(p2))
+                for v in relay:
+                    self.world.broadcast(self.index, "consensus", encode_message(v))
+                self._endorse(p2.height, p2.round, p2.block_hash, precommit=False)
+                return
+            if msg.round == 0 and "bad_clock" not in self.behaviours:
+                # No proof of lock yet: split the validators instead.
+                alt = self._alternative_block(msg.block)
+                if alt is not None:
+                    p2 = Proposal.create(self.key, cid, msg.height, msg.round, -1, alt)
+                    for p in a:
+                        self.world.send(self.index, p, "consensus", e.raw)
+                    for p in b:
+                        self.world.send(self.index, p, "consensus", encode_message(p2))
+                    return
         if isinstance(msg, Proposal) and "amnesia" in self.behaviours:
             # Forget the lock: always a fresh block, never the valid value.
             alt = self._alternative_block(msg.block)
@@ -429,14 +517,16 @@ class ByzantineNode(SimNode):
             self.world.broadcast(self.index, "consensus", _corrupt_sig(msg))
         self.world.broadcast(self.index, "consensus", e.raw)
 
-    def _alternative_block(self, block: Block) -> Block | None:
+    def _alternative_block(self, block: Block, time_ms: int | None = None) -> Block | None:
+        """Another block for `block`'s height, timed just after it (or at `time_ms`)."""
         if block.height != self.app.height + 1:
             return None
         txs = list(self.mempool.values())[:BLOCK_TXS_MAX]
         self.world.rng.shuffle(txs)
         last = self.app.certificate(self.app.height) if self.app.height else None
         try:
-            alt, _ = self.app.build_block(txs[: len(txs) // 2], block.header.time_ms + 1,
+            when = block.header.time_ms + 1 if time_ms is None else time_ms
+            alt, _ = self.app.build_block(txs[: len(txs) // 2], when,
                                           self.key.public, last, ())
         except self.world.workload.rejected:
             return None
@@ -450,6 +540,11 @@ class ByzantineNode(SimNode):
                 prop = Proposal.create(self.key, self.world.chain_id, e.height, e.round, -1, bad)
                 self.world.broadcast(self.index, "consensus", encode_message(prop))
             return []
+        if "bad_clock" in self.behaviours and self.world.rng.random() < 0.7:
+            # A valid block, but timed by a clock 4-10 drift bounds ahead: honest nodes
+            # must refuse it while it is fresh (DESIGN 5), or the chain runs ahead of time.
+            ahead = self.world.rng.randint(4, 10) * self.world.engine_config.max_clock_drift_ms
+            e = RequestProposal(e.height, e.round, e.time_ms + ahead)
         return super()._build_proposal(e)
 
     def _serve(self, req: SyncRequest) -> SyncResponse:
@@ -508,6 +603,10 @@ class OutsiderNode(SimNode):
 
 
 # ---- Byzantine helpers --------------------------------------------------------------
+
+def _locks(rec: SignedRecord) -> bool:
+    return rec.step.value == "precommit" and rec.block_hash != NIL
+
 
 def _corrupt_sig(msg: Any) -> bytes:
     wire = msg.to_wire()

@@ -4,6 +4,9 @@ A seed alone is not enough to keep a regression, because the scenario generator 
 what a seed means) evolves. Each entry therefore pins the whole scenario of the failing
 run; its seed still drives the run's own randomness. Add a failure found by
 `python -m tests.sim` here with the parameters its report printed.
+
+An entry with `catches` names a mutant of `tests/sim/mutate.py` that its run is known to
+catch; `tests/test_sim.py` checks that it still does.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ REGRESSIONS: list[dict[str, Any]] = [
 
 
 def scenario_of(entry: dict[str, Any]) -> Scenario:
-    fields = {k: v for k, v in entry.items() if k not in ("note", "mode_ledger")}
+    fields = {k: v for k, v in entry.items() if k not in ("note", "mode_ledger", "catches")}
     mode = "ledger" if entry.get("mode_ledger") else "toy"
     base = draw(fields.pop("seed"), fields["size"], mode)
     sc = dataclasses.replace(base, **fields)

@@ -12,15 +12,16 @@ import heapq
 import random
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.block import Block
-from protocol.consensus_types import EngineConfig
+from protocol.consensus_types import EngineConfig, TimeoutKind
 from protocol.crypto import SigningKey, sha256
 from protocol.proposal import ConsensusMessage, MessageError, Proposal, decode_message
 from protocol.votes import Evidence, Vote
 from tests.sim.invariants import Checker, SimFailure
-from tests.sim.node import ByzantineNode, OutsiderNode, SimNode
+from tests.sim.node import ByzantineNode, Crashed, OutsiderNode, SimNode
 from tests.sim.scenario import Scenario
 from tests.sim.workloads import GENESIS_TIME_MS, make_workload
 
@@ -34,6 +35,42 @@ def sim_engine_config(chain_id: bytes) -> EngineConfig:
                         timeout_precommit_ms=200, timeout_precommit_delta_ms=100,
                         rebroadcast_interval_ms=500, empty_block_interval_ms=800,
                         max_clock_drift_ms=DRIFT_MS)
+
+
+@dataclass
+class SplitRound:
+    """How late the messages of one round of one height are, on a network out to split
+    the validators. Late proposals make nil prevotes; prevotes that reach some nodes
+    before the prevote timeout and others after it make some lock while the others
+    precommit nil, so the round ends with locks but no decision, and the next proposer
+    may not know the newest proof of lock. Each link draws its delay per message kind
+    once (a resend is as late)."""
+
+    late_pct: dict[str, int]
+    """Message kind -> percentage of links on which it is late."""
+    propose_ms: int
+    prevote_ms: int
+    links: dict[tuple[str, int, int], int] = field(default_factory=dict)
+
+    @classmethod
+    def draw(cls, rng: random.Random, cfg: EngineConfig, r: int) -> SplitRound:
+        return cls({"proposal": rng.choice((0, 20, 40)), "prevote": rng.choice((20, 40, 60)),
+                    "precommit": rng.choice((0, 30, 60))},
+                   cfg.timeout_ms(TimeoutKind.PROPOSE, r), cfg.timeout_ms(TimeoutKind.PREVOTE, r))
+
+    def delay(self, rng: random.Random, kind: str, src: int, dst: int) -> int:
+        extra = self.links.get((kind, src, dst))
+        if extra is None:
+            extra = 0
+            if rng.randrange(100) < self.late_pct[kind]:
+                if kind == "proposal":  # after the propose timeout: a nil prevote
+                    extra = self.propose_ms + rng.randint(0, 800)
+                elif kind == "prevote":  # around the prevote timeout
+                    extra = rng.randint(self.prevote_ms // 2, self.prevote_ms + 1500)
+                else:
+                    extra = rng.randint(0, 1500)
+            self.links[(kind, src, dst)] = extra
+        return extra
 
 
 class World:
@@ -51,6 +88,8 @@ class World:
         self.delay = sc.delay_ms
         self.slow: dict[tuple[int, int, str], int] = {}
         """Adversarial timing: extra delay per (sender, receiver, message kind)."""
+        self._plans: dict[tuple[int, int], SplitRound] = {}
+        """Split rounds: (height, round) -> how late its messages are."""
         self._recent: list[tuple[int, int, str, bytes]] = []
         self._decoded: dict[bytes, ConsensusMessage | None] = {}
         self.share_decoding = True
@@ -128,6 +167,8 @@ class World:
         node = self.nodes[dst]
         lo, hi = self.delay
         delay = rng.randint(lo, hi)
+        if self.sc.split_rounds and channel == "consensus" and not self.healed:
+            delay += self._split_delay(src, dst, raw)
         if self.slow and channel == "consensus":
             msg = self.decode_consensus(raw)
             kind = type(msg).__name__ if not isinstance(msg, Vote) else msg.type
@@ -147,6 +188,20 @@ class World:
                 s, d, c, r = rng.choice(self._recent)
                 if not self._link_cut(s, d):
                     self.at(rng.randint(lo, hi * 5), d, self.nodes[d].on_receive, s, c, r)
+
+    def _split_delay(self, src: int, dst: int, raw: bytes) -> int:
+        """Extra delay of a consensus message of a split round (see `SplitRound`)."""
+        msg = self.decode_consensus(raw)
+        if not isinstance(msg, Proposal | Vote) or msg.round >= self.sc.split_rounds:
+            return 0
+        plan = self._plans.get((msg.height, msg.round))
+        if plan is None:
+            if len(self._plans) > 10_000:
+                self._plans.clear()
+            plan = self._plans[(msg.height, msg.round)] = SplitRound.draw(
+                self.rng, self.engine_config, msg.round)
+        kind = "proposal" if isinstance(msg, Proposal) else msg.type
+        return plan.delay(self.rng, kind, src, dst)
 
     def broadcast(self, src: int, channel: str, raw: bytes) -> None:
         for n in self.nodes:
@@ -209,8 +264,12 @@ class World:
 
     def _restart(self, node: SimNode) -> None:
         if not node.up:
-            node.boot()
             self.stats["restarts"] += 1
+            try:
+                node.boot()
+            except Crashed:  # a fault armed for its next step fired while it started
+                node.crash("clean")
+                self.node_crashed(node)
 
     # ---- the run ----
 
@@ -275,9 +334,10 @@ class World:
         if sc.adversarial_timing:
             self.at(rng.randint(0, 500), -1, self._reslow)
         crashable = [i for i, nd in enumerate(self.nodes) if not isinstance(nd, OutsiderNode)]
+        lockers = [i for i, nd in enumerate(self.nodes[: sc.size]) if nd.honest]
         for mode in sc.crash_modes:
             t = rng.randint(100, horizon)
-            victim = rng.choice(crashable)
+            victim = rng.choice(lockers if mode == "at_precommit" and lockers else crashable)
             self.at(t, -1, self._crash, victim, mode)
 
     def _reslow(self) -> None:
@@ -311,6 +371,9 @@ class World:
         if mode == "mid_append":
             node.tear_next_append = True  # dies inside its next WAL append
             return
+        if mode == "at_precommit":
+            node.crash_at_precommit = self.rng.choice(("persisted", "sent"))
+            return
         node.crash(mode)
         self.node_crashed(node)
 
@@ -324,6 +387,7 @@ class World:
         self.delay = (1, min(self.delay[1], 50))
         for n in self.nodes:
             n.tear_next_append = False
+            n.crash_at_precommit = None
             if not n.up:
                 n.boot()
                 self.stats["restarts"] += 1

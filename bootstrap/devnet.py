@@ -22,7 +22,9 @@ What it does, in order:
    own session (a Ctrl-C in the terminal reaches the devnet, which then stops them in
    order). Without `--keep-running` they also die with the devnet if it is killed.
    Their output goes to `DIR/NAME/daemon.log`. Ready = every control API answers and
-   the founders see each other.
+   the founders see each other. Daemons up more than `LATE_START_SECONDS` after the
+   genesis time (a loaded machine) would leave period 0 short: the devnet then stops
+   them and starts over once, with a fresh genesis further ahead.
 4. **Play.** The scenario player (`bootstrap/player.py`) over `DaemonBackend`, in real
    time, with a live display.
 5. **Check.** The summary is `commune simulate`'s (`bootstrap/summary.py`), read through
@@ -86,6 +88,10 @@ STARTUP_SECONDS_BASE = 4.0
 STARTUP_SECONDS_PER_NODE = 1.5
 """The genesis time is this far ahead: daemons import libp2p and bind in a few seconds."""
 READY_DEADLINE_SECONDS = 120.0
+LATE_START_SECONDS = 1.0
+"""Daemons up this long after the genesis time leave the scenario's first period short
+(its auctions would run into the next period): the devnet then starts over, once, with a
+fresh genesis further ahead (a loaded machine can take twice the usual start-up time)."""
 STOP_DEADLINE_SECONDS = 20.0
 ROOTS_DEADLINE_SECONDS = 30.0
 
@@ -372,6 +378,15 @@ class Devnet:
             self.close_clients()
             self.write_manifest()
 
+    def remove_files(self) -> None:
+        """Delete what `create` wrote (the daemons must be stopped): to start over."""
+        assert not self.running()
+        for d in self.daemons:
+            shutil.rmtree(d.home, ignore_errors=True)
+        for name in (MANIFEST, TRACE_LOG):
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / name).unlink()
+
     def close_clients(self) -> None:
         for d in self.daemons:
             d.pool.close()
@@ -525,13 +540,25 @@ def run(opts: Options, view: View, stopping: threading.Event) -> Result:
     view.note(f"{scenario.commune.name}: {len(plans)} daemons in {directory}, playing "
               f"{label}: {scenario.periods} periods of {period_s} s, about {eta}", "bold")
     try:
-        devnet.start(tie_to_parent=not opts.keep_running)
-        view.attach(devnet, None)
-        view.phase(f"starting {len(plans)} daemons")
-        devnet.wait_ready(lambda k, n: view.phase(f"starting daemons: {k} of {n} up and "
-                                                  "connected"), stopping)
-        view.note(f"all {len(plans)} daemons are up and connected "
-                  f"({time.monotonic() - started:.1f} s)")
+        for attempt in (1, 2):
+            began = time.monotonic()
+            devnet.start(tie_to_parent=not opts.keep_running)
+            view.attach(devnet, None)
+            view.phase(f"starting {len(plans)} daemons")
+            devnet.wait_ready(lambda k, n: view.phase(f"starting daemons: {k} of {n} up and "
+                                                      "connected"), stopping)
+            took = time.monotonic() - began
+            view.note(f"all {len(plans)} daemons are up and connected ({took:.1f} s)")
+            late = (now_ms() - devnet.genesis_time_ms) / 1000
+            if late <= LATE_START_SECONDS or attempt == 2:
+                break
+            lead = 2 * took + 2
+            view.warn(f"the daemons came up {late:.1f} s after the genesis time, too late "
+                      f"for period 0; starting over with a genesis {lead:.0f} s ahead")
+            devnet.stop()
+            devnet.remove_files()
+            genesis_ms = -(-(now_ms() + int(lead * 1000)) // 1000) * 1000
+            devnet = Devnet.create(scenario, directory, plans, genesis_ms)
         if now_ms() < devnet.genesis_time_ms:
             view.phase("the commune is founded at genesis", devnet.genesis_time_ms)
             while now_ms() < devnet.genesis_time_ms:

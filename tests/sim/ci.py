@@ -2,8 +2,10 @@
 `python -m tests.sim --ci` and the mutation check (`python -m tests.sim.mutate`), so that
 "the simulator catches this bug in CI" means exactly the same seeds everywhere.
 
-Seed counts come from SIM_SEEDS (toy application, default 300) and SIM_LEDGER_SEEDS (real
-ledger, default 24); the pinned regressions (`tests/sim/regressions.py`) run as well.
+Seed counts come from SIM_SEEDS (toy application, default 300), SIM_LEDGER_SEEDS (real
+ledger, default 24) and SIM_LOCK_SEEDS (toy application, every seed drawn with the
+lock-hunting profile, default 100); the pinned regressions (`tests/sim/regressions.py`)
+run as well.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from tests.sim.world import World
 
 SEEDS = int(os.environ.get("SIM_SEEDS", "300"))
 LEDGER_SEEDS = int(os.environ.get("SIM_LEDGER_SEEDS", "24"))
+LOCK_SEEDS = int(os.environ.get("SIM_LOCK_SEEDS", "100"))
+LOCK_SEEDS_START = 1000
+"""Lock-hunting seeds start here, apart from the general ones (a seed means another
+scenario under a forced profile)."""
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,6 +39,14 @@ def ledger_scenarios(n: int = LEDGER_SEEDS) -> list[Scenario]:
     return [draw(s, None, "ledger") for s in range(n)]
 
 
+def lock_scenarios(n: int = LOCK_SEEDS) -> list[Scenario]:
+    """Extra seeds for the lock rules: the bugs only the lock-hunting profile reaches
+    are caught by a few percent of its runs each (`python -m tests.sim.mutate`), too
+    few among the general seeds alone."""
+    return [draw(s, None, "toy", profile="lock_hunt")
+            for s in range(LOCK_SEEDS_START, LOCK_SEEDS_START + n)]
+
+
 def regression_scenarios() -> list[Scenario]:
     return [scenario_of(e) for e in REGRESSIONS]
 
@@ -41,6 +55,7 @@ def ci_scenarios() -> list[tuple[str, Scenario]]:
     """Every simulator run of CI, labelled by where it comes from."""
     return ([("toy", sc) for sc in toy_scenarios()]
             + [("ledger", sc) for sc in ledger_scenarios()]
+            + [("lock", sc) for sc in lock_scenarios()]
             + [("regression", sc) for sc in regression_scenarios()])
 
 

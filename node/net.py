@@ -115,6 +115,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pa
 from libp2p.custom_types import TProtocol
 from libp2p.exceptions import ParseError
 from libp2p.host.basic_host import BasicHost
+from libp2p.io.abc import Reader
 from libp2p.io.exceptions import IOException, MessageTooLarge
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.connection.exceptions import RawConnError
@@ -182,6 +183,7 @@ class NetLimits:
     max_concurrent_inbound_per_protocol: int = 64
     max_streams_per_peer: int = 64  # inbound, all protocols together
     handler_timeout: float = 30.0  # an inbound request, from first byte to reply
+    rpc_read_timeout: float = 60.0  # an inbound gossip RPC, from its first byte to its last
     max_peers: int = 64
     dial_timeout: float = 5.0
     max_concurrent_dials: int = 8
@@ -353,6 +355,20 @@ def _trim_rpc(rpc: rpc_pb2.RPC, topics: frozenset[str], max_subscriptions: int) 
         excess.append("PRUNE with too many peers")
     rpc.control.CopyFrom(kept)
     return ", ".join(excess)
+
+
+class _Pushback(Reader):
+    """A stream with one byte already read put back in front."""
+
+    def __init__(self, first: bytes, stream: INetStream) -> None:
+        self._first = first
+        self._stream = stream
+
+    async def read(self, n: int | None = None) -> bytes:
+        if self._first:
+            first, self._first = self._first, b""
+            return first
+        return await self._stream.read(n)
 
 
 class _TunedQueues(dict[ID, RpcQueue]):
@@ -698,6 +714,7 @@ class _Pubsub(Pubsub):
         outbound_queue: int,
         max_rpc_size: int,
         topics: Sequence[str],
+        rpc_read_timeout: float,
     ) -> None:
         super().__init__(
             host,
@@ -707,6 +724,7 @@ class _Pubsub(Pubsub):
             allowed_topics=frozenset(topics),
         )
         self._joined = frozenset(topics)
+        self._rpc_read_timeout = rpc_read_timeout
         self._streams_in: dict[ID, int] = {}
         self.peer_queues = _TunedQueues(outbound_queue, max_rpc_size)
         self.counter = time.time_ns()  # seqnos never repeat across restarts
@@ -764,14 +782,20 @@ class _Pubsub(Pubsub):
         As in py-libp2p 0.8.1, less its metrics events; differences: a length
         prefix that is not a varint and an RPC above the size limit cost the peer
         its connection (`on_malformed`), and every RPC goes through
-        `_trim_rpc` before anything acts on it.
+        `_trim_rpc` before anything acts on it; an RPC must arrive whole within
+        `rpc_read_timeout` of its first byte (the library waits for the rest
+        for as long as the stream lives, holding what came so far).
         """
         peer_id = stream.muxed_conn.peer_id
         try:
             while self.manager.is_running:
-                incoming = await read_varint_prefixed_bytes_limited(
-                    stream, self.max_inbound_rpc_size
-                )
+                first = await stream.read(1)  # peers may be idle between RPCs
+                if not first:
+                    return
+                with trio.fail_after(self._rpc_read_timeout):
+                    incoming = await read_varint_prefixed_bytes_limited(
+                        _Pushback(first, stream), self.max_inbound_rpc_size
+                    )
                 rpc = rpc_pb2.RPC()
                 rpc.ParseFromString(incoming)
                 if rpc.HasField("senderRecord"):
@@ -792,6 +816,12 @@ class _Pubsub(Pubsub):
         except ParseError as error:
             self._on_malformed(peer_id.to_base58(), f"malformed pubsub frame: {error}", BAN)
             raise
+        except trio.TooSlowError:
+            # Half an RPC, then silence: the stream's reader and buffer are freed.
+            self._on_malformed(peer_id.to_base58(), "pubsub RPC stalled midway", 1.0)
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            self._handle_dead_peer(peer_id)
         except MessageTooLarge as error:
             self._on_malformed(peer_id.to_base58(), f"oversized pubsub frame: {error}", BAN)
             with contextlib.suppress(Exception):
@@ -1269,6 +1299,7 @@ class Network:
             outbound_queue=self.limits.outbound_queue,
             max_rpc_size=self.limits.max_message_size + RPC_OVERHEAD,
             topics=self._topics,
+            rpc_read_timeout=self.limits.rpc_read_timeout,
         )
         rr = _RequestResponse(
             host,

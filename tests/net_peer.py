@@ -43,6 +43,8 @@ class Peer:
         limits = NetLimits.py_libp2p_defaults() if args.defaults else NetLimits()
         if args.ban_threshold:
             limits = dataclasses.replace(limits, ban_threshold=args.ban_threshold)
+        if args.rpc_read_timeout:
+            limits = dataclasses.replace(limits, rpc_read_timeout=args.rpc_read_timeout)
         validators: dict[str, Callable[[str, bytes], bool]] = {}
         if args.validate:
             validators = {t: (lambda _peer, data: data.startswith(b"ok:")) for t in args.topic}
@@ -306,6 +308,7 @@ def main() -> None:
     parser.add_argument("--defaults", action="store_true", help="py-libp2p's own gossip limits")
     parser.add_argument("--no-px", action="store_true")
     parser.add_argument("--ban-threshold", type=float, default=0.0)
+    parser.add_argument("--rpc-read-timeout", type=float, default=0.0)
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.WARNING,

@@ -207,7 +207,7 @@ async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
 
 
 async def start_victim(c: Cluster) -> Peer:
-    return await c.start("victim", "--topic", TOPIC, "--no-px")
+    return await c.start("victim", "--topic", TOPIC, "--no-px", "--rpc-read-timeout", "2")
 
 
 Probe = Callable[[], Awaitable[None]]
@@ -339,6 +339,20 @@ async def test_broken_protocol_bytes_cost_the_peer_and_never_the_node(tmp_path: 
                         info = await s.victim.call("info")
                 await s.check_alive()
 
+        # Half an RPC, then silence: the victim frees the stream after rpc_read_timeout
+        # (2 s here) and holds it against the peer; the library waited forever.
+        async with s.attacker("half-rpc") as net:
+            assert net._host is not None
+            stream = await net._host.new_stream(
+                ID.from_base58(s.victim.peer_id), [TProtocol(MESHSUB)]
+            )
+            await stream.write(varint(1000) + b"x" * 10)
+            wanted = peer_id_of("half-rpc")
+            with trio.fail_after(20):
+                while (await s.victim.call("info"))["scores"].get(wanted, 0) == 0:
+                    await trio.sleep(0.1)
+            await s.check_alive()
+
         harmless = {
             "prune-unknown": (
                 MESHSUB,
@@ -375,7 +389,6 @@ async def test_broken_protocol_bytes_cost_the_peer_and_never_the_node(tmp_path: 
                     )
                 ),
             ),
-            "half-rpc": (MESHSUB, varint(1000) + b"x" * 10),
             "id-push-garbage": ("/ipfs/id/push/1.0.0", prefixed(os.urandom(200))),
             "id-push-huge": (
                 "/ipfs/id/push/1.0.0",

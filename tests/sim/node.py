@@ -118,8 +118,8 @@ class SimNode:
                                            app.last_block_hash, app.last_time_ms, False)
         if self.honest:
             self.world.checker.on_boot(self, self.engine)
-        self._schedule_status(self.incarnation)
         self._run(effects)
+        self._schedule_status(self.incarnation)
 
     def crash(self, mode: str = "clean") -> None:
         """Lose everything volatile. `torn_tail`/`garbage_tail` leave the debris of an

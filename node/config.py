@@ -434,18 +434,8 @@ def write_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
     concurrent writers cannot clobber each other. The directory is fsynced last so the
     new name survives a crash.
     """
-    directory = path.parent
-    tmp = directory / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    tmp = write_temp_beside(path, data, mode)
     try:
-        try:
-            os.fchmod(fd, mode)  # the umask may have removed bits we asked for; never added
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -456,6 +446,34 @@ def write_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
             os.rename(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    fsync_directory(path.parent)
+
+
+def write_temp_beside(path: Path, data: bytes, mode: int) -> Path:
+    """Write `data` to a fresh temporary file next to `path` (created with `mode`), fsynced.
+
+    The caller links or renames it into place and removes it in any case; the file is
+    never readable by others, not even for an instant (the umask may remove bits from
+    `mode`, never add them, and fchmod restores the ones it removed).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a name created or replaced in `directory` survive a crash."""
     dfd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dfd)

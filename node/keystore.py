@@ -39,7 +39,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from node.config import HOME_MODE, write_new_file
+from node.config import HOME_MODE, fsync_directory, write_new_file, write_temp_beside
 from protocol.crypto import PUBLIC_KEY_LEN, SEED_LEN, IdError, SigningKey, id_text, parse_id
 from protocol.encoding import encode
 
@@ -306,17 +306,9 @@ def change_passphrase(path: Path, old: str | bytes, new: str | bytes) -> bytes:
     if unseal(new_doc, new).public != parsed.public_key:  # pragma: no cover - seal's bug
         raise KeystoreError("re-encryption did not round-trip; the key file is unchanged")
     data = (json.dumps(new_doc, indent=2) + "\n").encode("utf-8")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    tmp: Path | None = None
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
-        try:
-            os.fchmod(fd, KEY_FILE_MODE)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        tmp = write_temp_beside(path, data, KEY_FILE_MODE)
         if unseal(_read_doc(tmp), new).public != parsed.public_key:  # pragma: no cover
             raise KeystoreError("the new key file did not read back; the old one is unchanged")
         os.replace(tmp, path)
@@ -324,12 +316,9 @@ def change_passphrase(path: Path, old: str | bytes, new: str | bytes) -> bytes:
         raise KeystoreError(f"cannot write {path}: {exc.strerror or exc}; the old key file "
                             "is unchanged") from None
     finally:
-        tmp.unlink(missing_ok=True)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    fsync_directory(path.parent)
     return parsed.public_key
 
 

@@ -101,7 +101,7 @@ import socket
 import struct
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -562,12 +562,12 @@ class _Host(BasicHost):
         max_streams_per_peer: int,
         deadlines: Mapping[str, float],
         on_violation: Violation,
+        on_stream_refused: Callable[[], None],
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self._max_streams_per_peer = max_streams_per_peer
         self._on_violation = on_violation
-        self._streams_in: dict[ID, int] = {}
+        self._streams_in = _StreamQuota(max_streams_per_peer, on_stream_refused)
         for protocol, seconds in deadlines.items():
             handler = self.multiselect.handlers.get(TProtocol(protocol))
             if handler is not None:
@@ -575,26 +575,49 @@ class _Host(BasicHost):
 
     async def _swarm_stream_handler(self, net_stream: INetStream) -> None:
         peer_id = net_stream.muxed_conn.peer_id
-        active = self._streams_in.get(peer_id, 0)
-        if active >= self._max_streams_per_peer:
-            log.debug("%s opened more than %d streams: reset", peer_id, active)
-            with contextlib.suppress(Exception):
-                await net_stream.reset()
+        with self._streams_in.slot(peer_id) as admitted:
+            if not admitted:
+                log.debug("%s opened more than %d streams: reset", peer_id, self._streams_in.limit)
+                with contextlib.suppress(Exception):
+                    await net_stream.reset()
+                return
+            try:
+                await super()._swarm_stream_handler(net_stream)
+            except Exception as error:
+                log.warning(
+                    "%s stream from %s failed: %r", net_stream.get_protocol(), peer_id, error
+                )
+                with contextlib.suppress(Exception):
+                    await net_stream.reset()
+                self._on_violation(peer_id.to_base58(), f"stream handler failed: {error!r}", 5.0)
+
+
+class _StreamQuota:
+    """How many inbound streams each peer holds open; at most `limit` at once."""
+
+    def __init__(self, limit: int, on_refused: Callable[[], None]) -> None:
+        assert limit > 0
+        self.limit = limit
+        self._on_refused = on_refused
+        self._open: dict[ID, int] = {}
+
+    @contextlib.contextmanager
+    def slot(self, peer_id: ID) -> Iterator[bool]:
+        """Yields whether the peer got a slot; a slot is held until the block ends."""
+        active = self._open.get(peer_id, 0)
+        if active >= self.limit:
+            self._on_refused()
+            yield False
             return
-        self._streams_in[peer_id] = active + 1
+        self._open[peer_id] = active + 1
         try:
-            await super()._swarm_stream_handler(net_stream)
-        except Exception as error:
-            log.warning("%s stream from %s failed: %r", net_stream.get_protocol(), peer_id, error)
-            with contextlib.suppress(Exception):
-                await net_stream.reset()
-            self._on_violation(peer_id.to_base58(), f"stream handler failed: {error!r}", 5.0)
+            yield True
         finally:
-            left = self._streams_in[peer_id] - 1
+            left = self._open[peer_id] - 1
             if left:
-                self._streams_in[peer_id] = left
+                self._open[peer_id] = left
             else:
-                del self._streams_in[peer_id]
+                del self._open[peer_id]
 
 
 def _with_deadline(
@@ -711,6 +734,7 @@ class _Pubsub(Pubsub):
         *,
         deliver: Callable[[rpc_pb2.Message], None],
         on_malformed: Violation,
+        on_stream_refused: Callable[[], None],
         outbound_queue: int,
         max_rpc_size: int,
         topics: Sequence[str],
@@ -725,7 +749,7 @@ class _Pubsub(Pubsub):
         )
         self._joined = frozenset(topics)
         self._rpc_read_timeout = rpc_read_timeout
-        self._streams_in: dict[ID, int] = {}
+        self._streams_in = _StreamQuota(MAX_PUBSUB_STREAMS_PER_PEER, on_stream_refused)
         self.peer_queues = _TunedQueues(outbound_queue, max_rpc_size)
         self.counter = time.time_ns()  # seqnos never repeat across restarts
         self._deliver = deliver
@@ -855,27 +879,22 @@ class _Pubsub(Pubsub):
         daemon. Here such a stream is reset and its peer reported.
         """
         peer_id = stream.muxed_conn.peer_id
-        active = self._streams_in.get(peer_id, 0)
-        if active >= MAX_PUBSUB_STREAMS_PER_PEER:
-            # A peer needs one; a few more only while a reconnect overlaps.
-            with contextlib.suppress(Exception):
-                await stream.reset()
-            return
-        self._streams_in[peer_id] = active + 1
-        try:
-            await super().stream_handler(stream)
-        except Exception as error:
-            log.warning("pubsub stream from %s dropped: %r", peer_id, error)
-            with contextlib.suppress(Exception):
-                await stream.reset()
-            self._handle_dead_peer(peer_id)
-            self._on_malformed(peer_id.to_base58(), f"malformed pubsub stream: {error!r}", BAN)
-        finally:
-            left = self._streams_in[peer_id] - 1
-            if left:
-                self._streams_in[peer_id] = left
-            else:
-                del self._streams_in[peer_id]
+        with self._streams_in.slot(peer_id) as admitted:
+            if not admitted:
+                # A peer needs one; a few more only while a reconnect overlaps.
+                with contextlib.suppress(Exception):
+                    await stream.reset()
+                return
+            try:
+                await super().stream_handler(stream)
+            except Exception as error:
+                log.warning("pubsub stream from %s dropped: %r", peer_id, error)
+                with contextlib.suppress(Exception):
+                    await stream.reset()
+                self._handle_dead_peer(peer_id)
+                self._on_malformed(
+                    peer_id.to_base58(), f"malformed pubsub stream: {error!r}", BAN
+                )
 
     async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
         """Write one RPC whole, or reset the stream; its signed peer record once per stream.
@@ -1079,6 +1098,7 @@ class Network:
                 "requests_refused",
                 "dials_failed",
                 "bans",
+                "streams_refused",
             ),
             0,
         )
@@ -1296,6 +1316,7 @@ class Network:
             router,
             deliver=self._deliver,
             on_malformed=self._on_violation,
+            on_stream_refused=self._on_stream_refused,
             outbound_queue=self.limits.outbound_queue,
             max_rpc_size=self.limits.max_message_size + RPC_OVERHEAD,
             topics=self._topics,
@@ -1395,8 +1416,13 @@ class Network:
             max_streams_per_peer=limits.max_streams_per_peer,
             deadlines={IDENTIFY_PUSH_PROTOCOL: limits.handler_timeout},
             on_violation=self._on_violation,
+            on_stream_refused=self._on_stream_refused,
             addrs_factory=self._advertised,
         )
+
+    def _on_stream_refused(self) -> None:
+        """A peer opened a stream past its quota; it was reset (a reconnect may overlap)."""
+        self._stats["streams_refused"] += 1
 
     def _advertised(self, candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
         """`announce`, else the bound addresses made concrete (see the class docstring).

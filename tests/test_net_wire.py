@@ -420,9 +420,14 @@ async def test_one_peer_cannot_hold_the_slots_every_peer_needs(tmp_path: Path) -
         assert opened >= 8
         await s.check_alive()
         # Streams of any protocol, and gossip streams, are bounded per peer too.
+        refused = (await s.check_alive())["stats"]["streams_refused"]
         await s.send_raw("stream-hoarder", "/ipfs/id/push/1.0.0", varint(100), streams=300)
+        stats = (await s.check_alive())["stats"]
+        assert stats["streams_refused"] - refused >= 300 - 64, stats
+        refused = stats["streams_refused"]
         await s.send_raw("gossip-hoarder", MESHSUB, b"", streams=50)
-        await s.check_alive()
+        stats = (await s.check_alive())["stats"]
+        assert stats["streams_refused"] - refused >= 50 - 3, stats
 
         # Connections that never finish a handshake wait out their timeout; the
         # victim keeps serving the peers it has.

@@ -29,6 +29,7 @@ import nacl.bindings  # noqa: E402
 import nacl.signing  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: E402
 
+from bench.machine import cpu_model  # noqa: E402
 from protocol.crypto import SigningKey, sha256, verify  # noqa: E402
 from protocol.encoding import decode, encode  # noqa: E402
 from protocol.envelope import Domain  # noqa: E402
@@ -59,14 +60,7 @@ def rate(fn: Callable[[], object], seconds: float, rounds: int = 3) -> float:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

@@ -70,6 +70,7 @@ sys.path.insert(0, str(ROOT))
 
 import trio  # noqa: E402
 
+from bench.machine import cpu_model  # noqa: E402
 from node.client import Client, ClientError, read_token  # noqa: E402
 from protocol.crypto import SigningKey, id_text  # noqa: E402
 from protocol.transactions import make_tx  # noqa: E402
@@ -103,14 +104,7 @@ def account_key(i: int) -> SigningKey:
 
 
 def machine() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                               capture_output=True, timeout=10).stdout.strip()

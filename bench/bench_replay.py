@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nacl.bindings  # noqa: E402
 
+from bench.machine import cpu_model  # noqa: E402
 from cli import audit_parallel_prefetch  # noqa: E402
 from ledger.audit import audit_log, inline_prefetch  # noqa: E402
 from ledger.export import write_log  # noqa: E402
@@ -55,14 +56,7 @@ TXS_PER_BLOCK = 1000
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (f"{model}, {os.cpu_count()} cores ({usable} usable), {platform.system()} "
             f"{platform.release()}, Python {platform.python_version()} "

@@ -33,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import cpu_model  # noqa: E402
 from bootstrap.scenario import parse_scenario  # noqa: E402
 from bootstrap.simulate import run_scenario  # noqa: E402
 from ledger.bonds import level_payment  # noqa: E402
@@ -112,15 +113,7 @@ def generate(members: int, assets: int, periods: int, seed: int) -> dict[str, An
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return (f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
             f"Python {platform.python_version()}")
 

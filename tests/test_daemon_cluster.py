@@ -146,28 +146,25 @@ def test_bank_and_set_with_kill_and_restart(cluster: list[Daemon]) -> None:
     bank = Bank(cluster)
     for k in bank.keys:
         deposit(cluster, id_text(k.public), INITIAL)
-    victim = cluster[2]
     threads = [threading.Thread(target=bank.run_account, args=(i,)) for i in range(ACCOUNTS)]
     for t in threads:
         t.start()
     wait_for("some transfers to commit", lambda: len(bank.acknowledged) >= ACCOUNTS, 60)
-    bank.down.add(2)
-    victim.kill()
-    wait_for("transfers to go on without the victim",
-             lambda: len(bank.acknowledged) >= 2 * ACCOUNTS, 60)
-    victim.start()
-    victim.wait_ready()
-    bank.down.discard(2)
+
+    def crash_and_restart(index: int, rounds: int) -> None:
+        """kill -9 node `index`; transfers must go on without it; bring it back."""
+        bank.down.add(index)
+        cluster[index].kill()
+        wait_for(f"transfers to go on without node {index}",
+                 lambda: len(bank.acknowledged) >= rounds * ACCOUNTS, 60)
+        cluster[index].start()
+        cluster[index].wait_ready()
+        bank.down.discard(index)
+
+    crash_and_restart(2, 2)
     # A second crash, of another node, while transfers go on.
     wait_for("transfers after the restart", lambda: len(bank.acknowledged) >= 3 * ACCOUNTS, 60)
-    second = cluster[1]
-    bank.down.add(1)
-    second.kill()
-    wait_for("transfers without the second victim",
-             lambda: len(bank.acknowledged) >= 4 * ACCOUNTS, 60)
-    second.start()
-    second.wait_ready()
-    bank.down.discard(1)
+    crash_and_restart(1, 4)
     for t in threads:
         t.join(timeout=120)
         assert not t.is_alive()
@@ -175,7 +172,7 @@ def test_bank_and_set_with_kill_and_restart(cluster: list[Daemon]) -> None:
 
     top = max(heights(cluster))
     wait_for("the restarted nodes to catch up",
-             lambda: min(victim.height(), second.height()) >= top, 60)
+             lambda: min(cluster[2].height(), cluster[1].height()) >= top, 60)
     for d in cluster:
         assert bank.total(d) == ACCOUNTS * INITIAL, f"money not conserved on {d.name}"
     for txid in bank.acknowledged:  # the set test

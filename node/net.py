@@ -578,8 +578,7 @@ class _Host(BasicHost):
         with self._streams_in.slot(peer_id) as admitted:
             if not admitted:
                 log.debug("%s opened more than %d streams: reset", peer_id, self._streams_in.limit)
-                with contextlib.suppress(Exception):
-                    await net_stream.reset()
+                await _reset_quietly(net_stream)
                 return
             try:
                 await super()._swarm_stream_handler(net_stream)
@@ -587,9 +586,14 @@ class _Host(BasicHost):
                 log.warning(
                     "%s stream from %s failed: %r", net_stream.get_protocol(), peer_id, error
                 )
-                with contextlib.suppress(Exception):
-                    await net_stream.reset()
+                await _reset_quietly(net_stream)
                 self._on_violation(peer_id.to_base58(), f"stream handler failed: {error!r}", 5.0)
+
+
+async def _reset_quietly(stream: INetStream) -> None:
+    """Reset a stream we are giving up on; it may already be gone, which is fine."""
+    with contextlib.suppress(Exception):
+        await stream.reset()
 
 
 class _StreamQuota:
@@ -628,8 +632,7 @@ def _with_deadline(
             await handler(stream)
         if scope.cancelled_caught:
             log.debug("%s stream over its %ss deadline: reset", stream.get_protocol(), seconds)
-            with contextlib.suppress(Exception):
-                await stream.reset()
+            await _reset_quietly(stream)
 
     return bounded
 
@@ -696,8 +699,7 @@ class _RequestResponse(RequestResponse):
             active = self._active.get(key, 0)
             if active >= self._per_peer:
                 self._on_refused()
-                with contextlib.suppress(Exception):
-                    await stream.reset()
+                await _reset_quietly(stream)
                 return
             self._active[key] = active + 1
             try:
@@ -795,8 +797,7 @@ class _Pubsub(Pubsub):
         """The library's version deletes the peer after an await, racing `_handle_dead_peer`."""
         stream = self.peers.get(peer_id)
         if stream is not None:
-            with contextlib.suppress(Exception):
-                await stream.reset()
+            await _reset_quietly(stream)
             self._handle_dead_peer(peer_id)
         self._forget_all_subscriptions(peer_id)
 
@@ -843,13 +844,11 @@ class _Pubsub(Pubsub):
         except trio.TooSlowError:
             # Half an RPC, then silence: the stream's reader and buffer are freed.
             self._on_malformed(peer_id.to_base58(), "pubsub RPC stalled midway", 1.0)
-            with contextlib.suppress(Exception):
-                await stream.reset()
+            await _reset_quietly(stream)
             self._handle_dead_peer(peer_id)
         except MessageTooLarge as error:
             self._on_malformed(peer_id.to_base58(), f"oversized pubsub frame: {error}", BAN)
-            with contextlib.suppress(Exception):
-                await stream.reset()
+            await _reset_quietly(stream)
             self._handle_dead_peer(peer_id)
         except (StreamEOF, StreamError, IOException, RawConnError) as error:
             log.debug("pubsub stream from %s ended: %r", peer_id, error)
@@ -882,15 +881,13 @@ class _Pubsub(Pubsub):
         with self._streams_in.slot(peer_id) as admitted:
             if not admitted:
                 # A peer needs one; a few more only while a reconnect overlaps.
-                with contextlib.suppress(Exception):
-                    await stream.reset()
+                await _reset_quietly(stream)
                 return
             try:
                 await super().stream_handler(stream)
             except Exception as error:
                 log.warning("pubsub stream from %s dropped: %r", peer_id, error)
-                with contextlib.suppress(Exception):
-                    await stream.reset()
+                await _reset_quietly(stream)
                 self._handle_dead_peer(peer_id)
                 self._on_malformed(
                     peer_id.to_base58(), f"malformed pubsub stream: {error!r}", BAN

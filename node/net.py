@@ -101,7 +101,7 @@ import socket
 import struct
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -597,16 +597,16 @@ async def _reset_quietly(stream: INetStream) -> None:
 
 
 class _StreamQuota:
-    """How many inbound streams each peer holds open; at most `limit` at once."""
+    """How many inbound streams each peer (or peer and protocol) holds open; at most `limit`."""
 
     def __init__(self, limit: int, on_refused: Callable[[], None]) -> None:
         assert limit > 0
         self.limit = limit
         self._on_refused = on_refused
-        self._open: dict[ID, int] = {}
+        self._open: dict[Hashable, int] = {}
 
     @contextlib.contextmanager
-    def slot(self, peer_id: ID) -> Iterator[bool]:
+    def slot(self, peer_id: Hashable) -> Iterator[bool]:
         """Yields whether the peer got a slot; a slot is held until the block ends."""
         active = self._open.get(peer_id, 0)
         if active >= self.limit:
@@ -684,10 +684,8 @@ class _RequestResponse(RequestResponse):
         on_violation: Violation,
     ) -> None:
         super().__init__(host)
-        self._per_peer = per_peer
-        self._on_refused = on_refused
         self._on_violation = on_violation
-        self._active: dict[tuple[ID, str], int] = {}
+        self._streams_in = _StreamQuota(per_peer, on_refused)
 
     def _build_stream_handler(
         self, protocol_id: TProtocol
@@ -695,21 +693,11 @@ class _RequestResponse(RequestResponse):
         inner = super()._build_stream_handler(protocol_id)
 
         async def handler(stream: INetStream) -> None:
-            key = (stream.muxed_conn.peer_id, str(protocol_id))
-            active = self._active.get(key, 0)
-            if active >= self._per_peer:
-                self._on_refused()
-                await _reset_quietly(stream)
-                return
-            self._active[key] = active + 1
-            try:
+            with self._streams_in.slot((stream.muxed_conn.peer_id, str(protocol_id))) as admitted:
+                if not admitted:
+                    await _reset_quietly(stream)
+                    return
                 await inner(stream)
-            finally:
-                left = self._active[key] - 1
-                if left:
-                    self._active[key] = left
-                else:
-                    del self._active[key]
 
         return handler
 
